@@ -12,6 +12,7 @@ import base64
 import binascii
 import io
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ DEFAULT_BASE_URL = "https://didsession.dev/invite"
 # The largest invitation we make (did:peer:4 long form with a service) is ~2 KB as a URL;
 # 16 KiB leaves room for other implementations and still bounds what we parse.
 MAX_INVITATION_BYTES = 16 * 1024
+_B64URL = re.compile(r"^[A-Za-z0-9_-]+={0,2}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +152,7 @@ def parse_invitation(source: str | bytes, resolver: PeerResolver | None = None) 
     text = source.strip()
     if not text:
         raise InvitationError("invitation is empty")
-    if text.startswith("{"):
+    if text.startswith(("{", "[")):
         payload = text
     else:
         payload = _oob_payload(text)
@@ -205,6 +207,8 @@ def _oob_payload(url: str) -> str:
     if len(values) > 1:
         raise InvitationError("invitation URL has several _oob parameters")
     encoded = values[0].strip()
+    if not _B64URL.match(encoded):
+        raise InvitationError("the _oob parameter is not valid base64url")
     try:
         raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
     except (binascii.Error, ValueError):

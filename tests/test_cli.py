@@ -1,0 +1,116 @@
+"""The didsession CLI end to end, as subprocesses: happy paths, --json, and clean errors."""
+
+from __future__ import annotations
+
+import json
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import Cli
+
+
+def test_help_teaches(cli_factory: Callable[[str], Cli]) -> None:
+    cli = cli_factory("x")
+    out = cli("--help").stdout
+    for word in ("init", "invite", "accept", "pack", "unpack", "examples:"):
+        assert word in out
+    assert "--format" in cli("invite", "--help").stdout
+
+
+def test_init_whoami_json(cli_factory: Callable[[str], Cli]) -> None:
+    cli = cli_factory("alice")
+    made = json.loads(cli("init", "--name", "alice", "--json").stdout)
+    who = json.loads(cli("whoami", "--json").stdout)
+    assert who["did"] == made["did"] and who["name"] == "alice" and who["default"]
+    secret = cli.home / "identities" / "alice" / "secret.json"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
+def test_peer4_whoami_shows_short_form(cli_factory: Callable[[str], Cli]) -> None:
+    cli = cli_factory("p4")
+    cli("init", "--method", "peer4")
+    who = json.loads(cli("whoami", "--json").stdout)
+    assert (
+        who["did"].startswith("did:peer:4zQm")
+        and who["short_did"] == who["did"].split(":z")[0] + ""
+    )
+    # the short form resolves because the long form is known locally
+    doc = json.loads(cli("resolve", who["short_did"], "--json").stdout)
+    assert doc["id"] == who["short_did"]
+
+
+def test_invite_accept_pack_unpack_both_ways(cli_factory: Callable[[str], Cli]) -> None:
+    alice, bob = cli_factory("alice"), cli_factory("bob")
+    alice("init", "--name", "alice")
+    bob("init", "--name", "bob", "--method", "peer4")
+    bob("accept", alice("invite", "--format", "url").stdout.strip())
+    alice("accept", bob("invite", "--format", "json").stdout, "--alias", "bobby")
+    contacts = json.loads(alice("contacts", "--json").stdout)
+    assert [c["alias"] for c in contacts] == ["bobby"]
+
+    packed = alice("pack", "--to", "bobby", stdin=b"hello bob").stdout_bytes  # type: ignore[attr-defined]
+    got = json.loads(bob("unpack", "--json", stdin=packed).stdout)
+    assert got["message"]["body"]["content"] == "hello bob"
+    assert got["authenticated"] and got["sender_contact"] == "alice"
+
+    msg = {"id": "m1", "type": "https://example.org/ping/1.0/ping", "body": {"n": 1}}
+    packed = bob("pack", "--to", "alice", "--anon", stdin=json.dumps(msg).encode()).stdout_bytes  # type: ignore[attr-defined]
+    got = json.loads(alice("unpack", "--json", stdin=packed).stdout)
+    assert got["message"]["body"] == {"n": 1} and got["sender"] is None
+
+
+def test_encrypted_identity_needs_passphrase(
+    cli_factory: Callable[[str], Cli], tmp_path: Path
+) -> None:
+    cli = cli_factory("enc")
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    cli("init", "--encrypt", "--passphrase-file", str(pw))
+    other = cli_factory("other")
+    other("init")
+    other("accept", cli("invite", "--format", "url").stdout.strip(), "--alias", "enc")
+    packed = other("pack", "--to", "enc", stdin=b"x").stdout_bytes  # type: ignore[attr-defined]
+    denied = cli("unpack", stdin=packed, check=False)
+    assert denied.returncode == 1 and "passphrase" in denied.stderr
+    ok = cli("unpack", "--json", "--passphrase-file", str(pw), stdin=packed)
+    assert json.loads(ok.stdout)["message"]["body"]["content"] == "x"
+
+
+@pytest.mark.parametrize(
+    "args,stdin,needle",
+    [
+        (["whoami"], None, "didsession init"),
+        (["resolve", "did:peer:2.Vz6Mkbad"], None, "undecodable key"),
+        (["resolve", "did:example:123"], None, "not supported"),
+        (["unpack"], b"garbage", "not JSON"),
+        (["unpack"], b'{"protected": 1}', "not a DIDComm encrypted message"),
+        (["pack", "--to", "nobody"], b"x", "no contact"),
+        (["accept", "-"], b"https://x/?_oob=eyJ0eXBlIjoxfQ", "out-of-band"),
+        (["init", "--name", "../evil"], None, "invalid"),
+        (["init", "--mediator", "ftp://x"], None, "--mediator"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(
+    cli_factory: Callable[[str], Cli], args: list[str], stdin: bytes | None, needle: str
+) -> None:
+    cli = cli_factory("err")
+    if args[0] in ("unpack", "pack", "accept"):
+        cli("init")
+    proc = cli(*args, stdin=stdin, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("didsession: error: ") and proc.stderr.count("\n") == 1
+    assert needle in proc.stderr
+
+
+def test_usage_error_exits_2(cli_factory: Callable[[str], Cli]) -> None:
+    proc = cli_factory("u")("invite", "--format", "gif", check=False)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_demo_runs(cli_factory: Callable[[str], Cli]) -> None:
+    proc = cli_factory("demo")("demo")
+    assert "Done." in proc.stdout
+    assert "sender authenticated: True" in proc.stdout
