@@ -6,9 +6,11 @@ two or three times (recipient key, services, forward chain).  So :class:`PeerRes
 caches both the raw and the parsed document per DID, in a bounded LRU.
 
 Key-id aliases (interop).  did-peer-2 (current peer DID spec) names keys ``#key-1``,
-``#key-2``...; older implementations (PyPI ``peerdid`` 0.5.2) name the same keys after
-their multibase value without the leading ``z`` (``#6LS...``, ``#6Mk...``).  Both name one
-key, so dereferencing accepts either fragment; we always *emit* the spec's ``#key-N``.
+``#key-2``...; PyPI ``peerdid`` 0.5.x names the same keys after the first 8 characters of
+their multibase value without the leading ``z`` (``#6LSksafy``), and peerdid < 0.5 after
+all of it.  All name one key, so dereferencing accepts each.  We emit ``#key-N`` except to
+a peer known to be legacy (its DID has the old flat service form, or it sent us a legacy
+kid): a peerdid 0.5 resolver knows no other name for either party's key.
 """
 
 from __future__ import annotations
@@ -139,6 +141,8 @@ class PeerResolver(DIDResolver):
         self._raw: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._parsed: OrderedDict[str, DIDDocument] = OrderedDict()
         self._short_to_long: dict[str, str] = {}
+        # DIDs of peers that name keys the peerdid 0.5 way (see module docstring)
+        self.legacy_dids: set[str] = set()
         self.misses = 0
 
     # -- the DIDResolver interface ---------------------------------------------------
@@ -173,6 +177,8 @@ class PeerResolver(DIDResolver):
         try:
             if did_peer_2.PATTERN.match(did):
                 doc = did_peer_2.resolve(did)
+                if _normalize_legacy_services(doc):
+                    self.legacy_dids.add(did)
             elif did_peer_4.LONG_PATTERN.match(did):
                 doc = did_peer_4.resolve(did)
                 for aka in doc.get("alsoKnownAs", []):
@@ -227,7 +233,7 @@ class PeerResolver(DIDResolver):
             pass
         fragment = url.fragment or ""
         for vm in doc.verification_method or []:
-            if vm.public_key_multibase and vm.public_key_multibase[1:] == fragment:
+            if vm.public_key_multibase and fragment in legacy_fragments(vm.public_key_multibase):
                 return vm
         raise DIDError(f"{did_url[:80]!r} names no key or service in its DID document")
 
@@ -256,6 +262,19 @@ class PeerResolver(DIDResolver):
             raise DIDError(f"{kids[0][:60]}… has no publicKeyMultibase")
         return multikey_bytes(vm.public_key_multibase, "x25519-pub")
 
+    def is_legacy(self, did: str) -> bool:
+        """True for a peer that names keys the peerdid 0.5 way (see module docstring)."""
+        self.resolve_sync(did)
+        return did in self.legacy_dids
+
+    def legacy_kid(self, did: str) -> str:
+        """``did#<8 chars>``: the only name a peerdid 0.5 resolver has for the agreement key."""
+        kids = self.key_agreement_kids(did)
+        if not kids:
+            raise DIDError(f"{did[:60]}… has no keyAgreement key")
+        multibase_value = self.verification_method(kids[0]).public_key_multibase or ""
+        return f"{did}#{legacy_fragments(multibase_value)[0]}"
+
     def short_form(self, did: str) -> str | None:
         """The did:peer:4 short form of a long-form DID (None for other methods)."""
         if did_peer_4.LONG_PATTERN.match(did):
@@ -266,6 +285,35 @@ class PeerResolver(DIDResolver):
         cache[key] = value
         if len(cache) > self._capacity:
             cache.popitem(last=False)
+
+
+def legacy_fragments(multibase_value: str) -> tuple[str, str]:
+    """Key-id fragments older peer DID libraries use for a ``z...`` multibase key.
+
+    peerdid 0.5.x: the first 8 characters after the ``z``; peerdid < 0.5: all of them.
+    """
+    return multibase_value[1:9], multibase_value[1:]
+
+
+def _normalize_legacy_services(doc: dict[str, Any]) -> bool:
+    """Rewrite the old flat DIDCommMessaging service form to the DIDComm v2.1 nested form.
+
+    peerdid <= 0.5 encodes ``{"serviceEndpoint": "<uri>", "routingKeys": [...], "accept": [...]}``;
+    didcomm-messaging's routing reads ``serviceEndpoint.uri``.  Returns True if it did.
+    """
+    changed = False
+    for svc in doc.get("service") or []:
+        if not isinstance(svc, dict):
+            continue
+        endpoint = svc.get("serviceEndpoint")
+        if svc.get("type") == "DIDCommMessaging" and isinstance(endpoint, str):
+            svc["serviceEndpoint"] = {
+                "uri": endpoint,
+                "accept": svc.pop("accept", ["didcomm/v2"]),
+                "routingKeys": svc.pop("routingKeys", []),
+            }
+            changed = True
+    return changed
 
 
 _KEY_SIZES = {"ed25519-pub": 32, "x25519-pub": 32}

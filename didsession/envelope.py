@@ -3,7 +3,7 @@
 - authcrypt: ECDH-1PU+A256KW key wrapping, A256CBC-HS512 content encryption; the sender
   is authenticated by its keyAgreement key (not by a signature: the recipient can forge
   such a message to itself, which is what DIDComm calls repudiable authentication).
-- anoncrypt: ECDH-ES+A256KW; the sender stays anonymous.
+- anoncrypt: ECDH-ES+A256KW, A256CBC-HS512; the sender stays anonymous.
 - forward: a message to a party whose DIDCommMessaging service names a mediator DID is
   anoncrypt-wrapped in a Routing 2.0 ``forward`` for each hop (mediator DID, then its
   routing keys), so the mediator learns only the next hop.
@@ -36,7 +36,7 @@ from didcomm_messaging.routing import RoutingService, RoutingServiceError
 from pydid import VerificationMethod
 from pydid.service import DIDCommV2Service
 
-from didsession.did import PeerResolver, check_did_syntax
+from didsession.did import PeerResolver, check_did_syntax, legacy_fragments
 from didsession.errors import DecryptError, DIDError, DidSessionError, EnvelopeError
 
 __all__ = [
@@ -118,6 +118,42 @@ class _CopyingRouting(RoutingService):
         return [copy.deepcopy(s) for s in services]
 
 
+class _Packaging(PackagingService[AskarKey, AskarSecretKey]):
+    """Speaks a legacy peer's key-id dialect (see didsession.did), for every layer.
+
+    To a legacy DID (the recipient, or a mediator in a forward chain) the recipient kid
+    and our sender kid are the 8-character aliases; the kid chosen is kept instead of the
+    document's ``#key-N``.
+    """
+
+    async def pack(
+        self,
+        crypto: Any,
+        resolver: Any,
+        secrets: Any,
+        message: bytes,
+        to: Sequence[str],
+        frm: str | None = None,
+        **options: Any,
+    ) -> bytes:
+        kids = list(to)
+        if isinstance(resolver, PeerResolver):
+            legacy = [("#" not in t and resolver.is_legacy(t)) for t in to]
+            kids = [resolver.legacy_kid(t) if old else t for t, old in zip(to, legacy, strict=True)]
+            if frm and "#" not in frm and any(legacy):
+                frm = resolver.legacy_kid(frm)
+        packed: bytes = await super().pack(crypto, resolver, secrets, message, kids, frm, **options)
+        return packed
+
+    async def recip_for_kid_or_default_for_did(
+        self, crypto: Any, resolver: Any, kid_or_did: str
+    ) -> AskarKey:
+        key: AskarKey = await super().recip_for_kid_or_default_for_did(crypto, resolver, kid_or_did)
+        if "#" in kid_or_did and key.kid != kid_or_did:
+            return AskarKey(key.key, kid_or_did)
+        return key
+
+
 class _CryptoService(AskarCryptoService):
     """askar backend with the DIDComm spec's ``typ`` on authcrypt envelopes.
 
@@ -141,6 +177,45 @@ class _CryptoService(AskarCryptoService):
             if len(self._keys) > 4096:
                 self._keys.popitem(last=False)
         return key
+
+    async def ecdh_es_encrypt(self, to_keys: Sequence[AskarKey], message: bytes) -> bytes:
+        """Anoncrypt with A256CBC-HS512, the content encryption DIDComm v2 requires.
+
+        (0.1.1 hard-wires XC20P, which the spec lists as optional.)
+        """
+        if not to_keys:
+            raise CryptoServiceError("No message recipients")
+        alg_id = "ECDH-ES+A256KW"
+        try:
+            cek = Key.generate(KeyAlg.A256CBC_HS512)
+        except AskarError as exc:
+            raise CryptoServiceError("Error creating content encryption key") from exc
+        apv = hashlib.sha256(".".join(sorted(r.kid for r in to_keys)).encode()).digest()
+        builder = JweBuilder(with_flatten_recipients=False)
+        for recip in to_keys:
+            epk = Key.generate(KeyAlg.X25519, ephemeral=True)
+            wrapped = ecdh.EcdhEs(alg_id, None, apv).sender_wrap_key(
+                KeyAlg.A256KW, epk, recip.key, cek
+            )
+            builder.add_recipient(
+                JweRecipient(
+                    encrypted_key=wrapped.ciphertext,
+                    header={"kid": recip.kid, "epk": json.loads(epk.get_jwk_public())},
+                )
+            )
+        builder.set_protected(
+            OrderedDict(
+                [
+                    ("typ", ENCRYPTED_TYP),
+                    ("alg", alg_id),
+                    ("enc", "A256CBC-HS512"),
+                    ("apv", b64url(apv)),
+                ]
+            )
+        )
+        payload = cek.aead_encrypt(message, aad=builder.protected_bytes)
+        builder.set_payload(payload.ciphertext, payload.nonce, payload.tag)
+        return builder.build().to_json().encode()
 
     async def ecdh_1pu_encrypt(
         self, to_keys: Sequence[AskarKey], sender_key: AskarSecretKey, message: bytes
@@ -218,7 +293,7 @@ class Envelope:
         self.resolver = resolver or PeerResolver()
         self.secrets: InMemorySecretsManager[AskarSecretKey] = InMemorySecretsManager()
         self.crypto = _CryptoService()
-        self.packaging: PackagingService[AskarKey, AskarSecretKey] = PackagingService()
+        self.packaging = _Packaging()
         self.routing = _CopyingRouting()
         self.dids: set[str] = set()
 
@@ -231,7 +306,7 @@ class Envelope:
         for kid in names:
             vm = self.resolver.verification_method(kid)
             if vm.public_key_multibase:
-                multibase_names.add(f"{did}#{vm.public_key_multibase[1:]}")
+                multibase_names |= {f"{did}#{f}" for f in legacy_fragments(vm.public_key_multibase)}
         short = self.resolver.short_form(did)
         all_names = names | multibase_names
         if short:
@@ -325,8 +400,10 @@ class Envelope:
         message = self._parse_plaintext(plaintext)
         sender_kid = meta.sender_kid
         sender_did = sender_kid.split("#", 1)[0] if sender_kid else None
-        if sender_did is not None:
-            self._check_sender(message, sender_did, sender_kid or "")
+        if sender_did is not None and sender_kid is not None:
+            self._check_sender(message, sender_did, sender_kid)
+            if not sender_kid.split("#", 1)[1].startswith("key-"):
+                self.resolver.legacy_dids.add(sender_did)  # answer it in its own dialect
         return Unpacked(
             message=message,
             plaintext=plaintext,

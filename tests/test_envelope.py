@@ -35,12 +35,12 @@ def parties(make_identity: Callable[..., Identity]) -> dict[str, Identity]:
 
 def test_authcrypt_roundtrip(parties: dict[str, Identity]) -> None:
     alice, bob = parties["alice"], parties["bob"]
-    msg = new_message(BASIC, {"content": "hi"}, frm=alice.did, to=[bob.did])
+    msg = new_message(BASIC, {"content": "secret-plaintext-42"}, frm=alice.did, to=[bob.did])
     packed = run(envelope_for(alice).pack(msg, to=bob.did, frm=alice.did))
     header = json.loads(base64.urlsafe_b64decode(json.loads(packed.data)["protected"] + "=="))
     assert header["alg"] == "ECDH-1PU+A256KW" and header["enc"] == "A256CBC-HS512"
     assert header["typ"] == "application/didcomm-encrypted+json"
-    assert b"hi" not in packed.data
+    assert b"secret-plaintext-42" not in packed.data
     got = run(envelope_for(bob).unpack(packed.data))
     assert got.message == msg
     assert got.authenticated and got.sender_did == alice.did
@@ -52,7 +52,7 @@ def test_anoncrypt_hides_sender(parties: dict[str, Identity]) -> None:
     msg = new_message(BASIC, {"content": "anon"}, to=[bob.did])
     packed = run(envelope_for(alice).pack(msg, to=bob.did))
     header = json.loads(base64.urlsafe_b64decode(json.loads(packed.data)["protected"] + "=="))
-    assert header["alg"] == "ECDH-ES+A256KW"
+    assert header["alg"] == "ECDH-ES+A256KW" and header["enc"] == "A256CBC-HS512"
     assert alice.did.encode() not in packed.data
     got = run(envelope_for(bob).unpack(packed.data))
     assert got.message["body"] == {"content": "anon"}
