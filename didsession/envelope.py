@@ -168,7 +168,7 @@ class _CryptoService(AskarCryptoService):
     def __init__(self) -> None:
         self._keys: OrderedDict[tuple[str, str], AskarKey] = OrderedDict()
 
-    def verification_method_to_public_key(self, vm: VerificationMethod) -> AskarKey:  # type: ignore[override]
+    def verification_method_to_public_key(self, vm: VerificationMethod) -> AskarKey:
         cache_key = (str(vm.id), str(vm.public_key_multibase or vm.public_key_jwk))
         key = self._keys.get(cache_key)
         if key is None:

@@ -72,7 +72,7 @@ def make_invitation(did: str, label: str | None = None, *, inv_id: str | None = 
         body["label"] = label
     # The id is derived from the DID so that every rendering of one identity's invitation
     # (URL, QR, JSON) is the same invitation; it is reusable by design.
-    message = {
+    message: dict[str, Any] = {
         "type": INVITATION_TYPE,
         "id": inv_id or str(uuid.uuid5(uuid.NAMESPACE_URL, did)),
         "from": did,
