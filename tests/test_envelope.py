@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from parties import envelope_for
 
-from didsession.envelope import FORWARD_TYPE, Envelope, new_message, parse_forward
+from didsession.envelope import FORWARD_TYPE, new_message, parse_forward
 from didsession.errors import DecryptError, DidSessionError, EnvelopeError
 from didsession.identity import Identity
 
