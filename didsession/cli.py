@@ -20,7 +20,13 @@ from typing import Any
 
 from didsession import __version__
 from didsession.did import PeerResolver
-from didsession.errors import ConfigError, DidSessionError, EnvelopeError, IdentityError
+from didsession.errors import (
+    ConfigError,
+    DidSessionError,
+    EnvelopeError,
+    IdentityError,
+    RemoteProtocolError,
+)
 from didsession.identity import Identity, Store, default_home
 
 EXAMPLES = """\
@@ -32,6 +38,8 @@ examples:
   didsession contacts                          list contacts
   echo hello | didsession pack --to bob        authcrypt a basic message to contact bob
   didsession unpack packed.json                decrypt a message sent to you
+  didsession listen --port 7800                accept sessions from contacts
+  didsession connect alice --to 127.0.0.1:7800 open a session and chat line by line
 
 Identities live in --home, $DIDSESSION_HOME or $XDG_DATA_HOME/didsession.
 """
@@ -341,6 +349,172 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _session_info(session: Any) -> dict[str, Any]:
+    path = session.path
+    return {
+        "peer_did": session.peer_did,
+        "session_id": session.session_id.hex(),
+        "suite": str(session.suite.value if hasattr(session.suite, "value") else session.suite),
+        "path": {
+            "kind": str(path.kind.value if hasattr(path.kind, "value") else path.kind),
+            "local": list(path.local) if isinstance(path.local, tuple) else path.local,
+            "remote": list(path.remote) if isinstance(path.remote, tuple) else path.remote,
+        },
+    }
+
+
+def _emit(args: argparse.Namespace, event: str, human: str, **fields: Any) -> None:
+    """One event: a JSON line on stdout with --json, else text (messages on stdout)."""
+    if args.json:
+        print(json.dumps({"event": event, **fields}), flush=True)
+    elif event == "message":
+        print(fields["text"], flush=True)
+    else:
+        print(human, file=sys.stderr, flush=True)
+
+
+async def _chat(args: argparse.Namespace, session: Any, alias: str | None) -> None:
+    """Exchange lines: stdin -> peer, peer -> stdout, until either side ends."""
+    info = _session_info(session)
+    who = f"{alias} ({session.peer_did})" if alias else session.peer_did
+    path = info["path"]
+    _emit(
+        args,
+        "established",
+        f"session with {who}\n  id {info['session_id']}, suite {info['suite']}, "
+        f"path {path['kind']} {path['local']} <-> {path['remote']}",
+        alias=alias,
+        **info,
+    )
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+    )
+
+    async def pump_stdin() -> None:
+        while line := await reader.readline():
+            session.send(line.rstrip(b"\n"))
+            await session.drain()
+        session.close()
+
+    sender = asyncio.create_task(pump_stdin())
+    try:
+        async for data in session:
+            _emit(args, "message", "", text=data.decode("utf-8", errors="replace"))
+    except DidSessionError as exc:
+        _emit(args, "error", f"session ended: {exc.message}", error=exc.message, code=exc.code)
+        raise
+    finally:
+        sender.cancel()
+        transport.close()
+    _emit(args, "closed", "session closed", session_id=info["session_id"])
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    from didsession.peer import serve
+
+    store = _store(args)
+    ident = _load(args)
+    contacts = store.contacts()
+    if args.peer:
+        allowed = {store.find_contact(p).did for p in args.peer}
+    else:
+        allowed = {c.did for c in contacts}
+    if not allowed:
+        raise ConfigError(
+            "no contacts to accept sessions from; accept their invitation first "
+            "('didsession accept URL')"
+        )
+    aliases = {c.did: c.alias for c in contacts}
+
+    async def main() -> None:
+        done = asyncio.Event()
+
+        async def on_session(session: Any) -> None:
+            try:
+                await _chat(args, session, aliases.get(session.peer_did))
+            finally:
+                if args.once:
+                    done.set()
+
+        def on_error(exc: Exception) -> None:
+            msg = (
+                exc.message if isinstance(exc, DidSessionError) else f"{type(exc).__name__}: {exc}"
+            )
+            _emit(args, "refused", f"refused a session: {msg}", error=msg)
+
+        from didsession.envelope import Envelope
+
+        server = await serve(
+            ident,
+            args.host,
+            args.port,
+            on_session,
+            accept_peer=allowed,
+            on_error=on_error,
+            envelope=Envelope(_resolver(store)),
+        )
+        sock = server.sockets[0].getsockname()
+        _emit(
+            args,
+            "listening",
+            f"listening on {sock[0]}:{sock[1]} as {ident.name} ({ident.did[:48]}…); "
+            f"accepting {len(allowed)} contact(s)",
+            host=sock[0],
+            port=sock[1],
+            did=ident.did,
+        )
+        async with server:
+            if args.once:
+                await done.wait()
+            else:
+                await server.serve_forever()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    from didsession.envelope import Envelope
+    from didsession.peer import connect
+
+    store = _store(args)
+    ident = _load(args)
+    contact = store.find_contact(args.contact)
+    if not args.to:
+        raise ConfigError(
+            "give the peer's address with --to HOST:PORT (finding it through the mediator "
+            "comes with the mediator)"
+        )
+    host, port = _parse_hostport(args.to)
+
+    async def main() -> None:
+        try:
+            session = await connect(
+                ident, contact.did, host, port, envelope=Envelope(_resolver(store))
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+        except RemoteProtocolError as exc:
+            raise RemoteProtocolError(
+                f"no session with {contact.alias!r} at {host}:{port}: {exc.message} "
+                "(is it the right address, and has that party accepted your invitation?)",
+                code=exc.code,
+            ) from None
+        await _chat(args, session, contact.alias)
+
+    asyncio.run(main())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from didsession.demo import run_demo
 
@@ -433,6 +607,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anon", action="store_true", help="anoncrypt: do not reveal the sender")
     p.add_argument("--no-forward", action="store_true", help="no forward wrapping")
     p.add_argument("-o", "--output", metavar="FILE")
+
+    p = add(
+        "listen",
+        cmd_listen,
+        "accept sessions from contacts and exchange lines typed on stdin",
+        "Listen for a session from a contact (any contact, or only --peer ones).  Each "
+        "session shows the peer's DID, the session id, the cipher suite and the path; then "
+        "lines typed on stdin go to the peer and the peer's lines are printed.  A peer whose "
+        "authenticated DID is not an accepted contact is refused.",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    p.add_argument(
+        "--port", type=int, default=7800, help="TCP port, 0 for any (default: %(default)s)"
+    )
+    p.add_argument(
+        "--peer", action="append", metavar="CONTACT", help="accept only this contact (repeatable)"
+    )
+    p.add_argument("--once", action="store_true", help="exit after the first session ends")
+
+    p = add(
+        "connect",
+        cmd_connect,
+        "open a session with a contact and exchange lines typed on stdin",
+        "Open a session with CONTACT at --to HOST:PORT: a DIDComm authcrypt handshake (one "
+        "round trip) sets up symmetric keys; then every line is one AEAD frame.  Refused if "
+        "the DID that answers is not CONTACT's.",
+    )
+    p.add_argument("contact", metavar="CONTACT", help="contact alias or DID")
+    p.add_argument("--to", metavar="HOST:PORT", help="the peer's listening address")
 
     p = add(
         "demo",

@@ -330,13 +330,22 @@ class Envelope:
         With ``forward`` (default) and a recipient whose service names a mediator DID, the
         result is wrapped in forward messages and ``endpoint`` is the mediator's.
         """
-        check_did_syntax(to)
-        if frm is not None and frm not in self.dids:
-            raise EnvelopeError(f"no keys for sender {frm[:60]}…: not a local identity")
         try:
             plaintext = json.dumps(message, separators=(",", ":")).encode()
         except (TypeError, ValueError) as exc:
             raise EnvelopeError(f"message is not JSON-serialisable: {exc}") from exc
+        return await self.pack_plaintext(plaintext, to=to, frm=frm, forward=forward)
+
+    async def pack_plaintext(
+        self, plaintext: bytes, *, to: str, frm: str | None = None, forward: bool = True
+    ) -> Packed:
+        """:meth:`pack` for a plaintext message that is already serialised.
+
+        The session handshake hashes the exact bytes it sends, so it packs them unchanged.
+        """
+        check_did_syntax(to)
+        if frm is not None and frm not in self.dids:
+            raise EnvelopeError(f"no keys for sender {frm[:60]}…: not a local identity")
         try:
             packed = await self.packaging.pack(
                 self.crypto, self.resolver, self.secrets, plaintext, [to], frm
