@@ -19,7 +19,8 @@ traceback.
             ├── DecryptError
             ├── ReplayError
             ├── StunParseError
-            └── FrameError
+            ├── FrameError
+            └── MediationError    a mediator refused a request (its problem-report code)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "IdentityError",
     "InvitationError",
     "LocalProtocolError",
+    "MediationError",
     "ProtocolError",
     "RemoteProtocolError",
     "ReplayError",
@@ -127,3 +129,13 @@ class FrameError(RemoteProtocolError):
     """A session frame is malformed (before any decryption is attempted)."""
 
     code = "e.p.msg.frame"
+
+
+class MediationError(RemoteProtocolError):
+    """A mediation, pickup or relay request was refused, or the other side broke the protocol.
+
+    On the mediator it becomes a problem-report with ``code``; on the client it carries the
+    code of the problem-report the mediator sent.
+    """
+
+    code = "e.p.req"
