@@ -139,13 +139,43 @@ def cmd_init(args: argparse.Namespace) -> int:
     mediator = args.mediator
     if mediator and not (mediator.startswith(("http://", "https://", "ws://", "wss://", "did:"))):
         raise ConfigError(f"--mediator must be a URL (http, https, ws, wss) or a DID: {mediator!r}")
-    ident = store.create(args.name, mediator=mediator, method=args.method, passphrase=passphrase)
+    grant = None
+    if mediator and not args.no_mediation:
+        # Ask the mediator first: the new DID must name the mediator's routing DID.
+        from didsession.mediation import mediator_info, request_mediation
+
+        info = asyncio.run(mediator_info(mediator))
+        ident = store.create(
+            args.name, mediator=info.did, method=args.method, passphrase=passphrase
+        )
+        try:
+            grant = asyncio.run(request_mediation(ident, info))
+        except DidSessionError as exc:
+            raise type(exc)(
+                f"identity {ident.name!r} was created, but mediation failed: {exc.message} "
+                f"(remove {store.home / 'identities' / ident.name} and try again)",
+                code=exc.code,
+            ) from None
+    else:
+        ident = store.create(
+            args.name, mediator=mediator, method=args.method, passphrase=passphrase
+        )
     if args.json:
-        _print_json(dict(ident.public_json(), home=str(store.home)))
+        out = dict(ident.public_json(), home=str(store.home))
+        if grant is not None:
+            out["mediation"] = {
+                "mediator_did": grant.mediator_did,
+                "routing_did": grant.routing_did,
+                "endpoint": grant.endpoint,
+                "keylist": list(grant.recipient_dids),
+            }
+        _print_json(out)
     else:
         print(f"created identity {ident.name!r} in {store.home}")
         print(f"DID: {ident.did}")
-        if ident.mediator:
+        if grant is not None:
+            print(f"mediation granted by {grant.endpoint}: messages to you are held there")
+        elif ident.mediator:
             print(f"reachable through: {ident.mediator}")
         print("next: 'didsession invite' shows your invitation for the other parties")
     return 0
@@ -524,6 +554,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------------
 
 
+def cmd_roster(args: argparse.Namespace) -> int:
+    """``roster make`` / ``roster show``: the MPyC roster (mpyc_adapter/roster.py)."""
+    from mpyc_adapter.roster import describe, load_roster, roster_from_invitations
+
+    if args.roster_command == "make":
+        roster = roster_from_invitations(
+            args.invitations,
+            addrs=args.addr or (),
+            mediator=args.mediator,
+            relay_only=args.relay_only,
+        )
+        roster.save(args.output)
+        print(f"wrote {args.output}: {len(roster)} parties, fingerprint {roster.fingerprint[:16]}")
+        return 0
+    roster = load_roster(args.roster)
+    if args.json:
+        _print_json(dict(roster.to_json(), fingerprint=roster.fingerprint))
+    else:
+        print(describe(roster))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="didsession",
@@ -554,13 +606,20 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_init,
         "create an identity (Ed25519 + X25519 keys and a peer DID)",
         "Create a named identity: an Ed25519 authentication key, an X25519 keyAgreement key "
-        "and the did:peer:2 (or did:peer:4) that carries them.  With --mediator the DID "
-        "document says how to reach you: the mediator's URL or DID.",
+        "and the did:peer:2 (or did:peer:4) that carries them.  With --mediator URL (the "
+        "mediator's base or invitation URL) it asks that mediator for mediation (Coordinate "
+        "Mediation 2.0) and your DID routes through it, so others reach you while you are "
+        "offline or behind NAT.",
     )
     p.add_argument("--name", default="default", help="identity name (default: %(default)s)")
     p.add_argument("--mediator", metavar="URL_OR_DID", help="where others reach you")
     p.add_argument("--method", choices=["peer2", "peer4"], default="peer2", help="DID method")
     p.add_argument("--encrypt", action="store_true", help="protect the keys with a passphrase")
+    p.add_argument(
+        "--no-mediation",
+        action="store_true",
+        help="only write --mediator into the DID document; do not contact it",
+    )
 
     add("whoami", cmd_whoami, "show the current identity")
 
@@ -643,11 +702,42 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         cmd_demo,
         "run the end-to-end demo in throw-away homes",
-        "Two parties, their invitations (scanned from a QR code), authcrypt and anoncrypt "
-        "messages, and refused tampering: every step is this CLI, run for real.",
+        "Three parties create identities and invitations (one scanned from its QR code), "
+        "build a roster, and run a real MPyC computation (sum, maximum, secret santa) in "
+        "three processes, every link a session, direct or through an embedded mediator's "
+        "relay; then a party running another program is refused.  Every step is this CLI "
+        "or an unmodified MPyC program, run for real.",
     )
     p.add_argument("--keep", action="store_true", help="keep the demo's homes afterwards")
     p.add_argument("--verbose", action="store_true", help="print long outputs whole")
+
+    p = add(
+        "roster",
+        cmd_roster,
+        "make or show an MPyC roster (the parties' DIDs in party order)",
+        "A roster lists the DIDs of an MPyC computation's parties in party order; every "
+        "party runs its program with '--didcomm roster.json'.",
+    )
+    rsub = p.add_subparsers(dest="roster_command", metavar="ACTION", required=True)
+    rp = rsub.add_parser(
+        "make",
+        parents=[common],
+        help="build a roster from the parties' invitations, in party order",
+        description="Build a roster from invitations (URLs, JSON or files; - for stdin), "
+        "one per party, in party order.",
+    )
+    rp.add_argument("invitations", nargs="+", metavar="INVITATION", help="URL, file or -")
+    rp.add_argument("-o", "--output", required=True, metavar="FILE", help="roster file")
+    rp.add_argument(
+        "--addr",
+        action="append",
+        metavar="HOST:PORT",
+        help="where each party listens for direct sessions, in party order (repeatable)",
+    )
+    rp.add_argument("--mediator", metavar="URL_OR_DID", help="mediator whose relay to use")
+    rp.add_argument("--relay-only", action="store_true", help="carry every link via the relay")
+    rp = rsub.add_parser("show", parents=[common], help="show a roster")
+    rp.add_argument("roster", metavar="FILE")
 
     p = add("unpack", cmd_unpack, "decrypt a DIDComm v2 message sent to one of your identities")
     p.add_argument("input", nargs="?", metavar="FILE|-", help="packed message (default: stdin)")

@@ -1,9 +1,14 @@
-"""``didsession demo``: the best end-to-end path available, run for real.
+"""``didsession demo``: the main job end to end, run for real on this machine.
 
-Today: two parties with their own homes create identities, exchange invitations (Bob
-reads Alice's from the QR code PNG when ``zbarimg`` is there), and exchange authcrypt
-messages; a tampered message and a message for someone else are refused.  Every step is
-the real CLI in a subprocess, printed as a person would type it.
+Three parties (alice, bob, carol), each with its own home, create identities and
+invitations with the real CLI; an embedded mediator starts on loopback; ``didsession roster
+make`` turns the invitations into a roster; then an unmodified MPyC program
+(:mod:`mpyc_adapter.santa`: sum and maximum of private inputs, a secret-santa draw) runs in
+three processes with ``--didcomm``.  Alice and bob reach each other directly; carol has no
+address in the roster, so her links go through the mediator's relay.  The demo prints the
+results, each link's path and the session overhead per MPyC message, then shows a party
+with a different program being refused.  Everything lives in a temporary directory that is
+removed at the end.
 """
 
 from __future__ import annotations
@@ -15,9 +20,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import IO, Any
 
 from didsession.errors import DidSessionError
+
+NAMES = ("alice", "bob", "carol")
+INPUTS = {"alice": 42, "bob": 17, "carol": 99}
+RUN_TIMEOUT = 90.0
 
 
 class _Runner:
@@ -26,21 +38,31 @@ class _Runner:
         self.verbose = verbose
         self.exe = [sys.executable, "-m", "didsession.cli"]
 
+    def env(self, who: str) -> dict[str, str]:
+        return dict(os.environ, DIDSESSION_HOME=str(self.root / who))
+
     def run(
-        self, who: str, args: list[str], *, stdin: bytes | None = None, ok: bool = True
+        self,
+        who: str,
+        args: list[str],
+        *,
+        stdin: bytes | None = None,
+        ok: bool = True,
+        show: int = 1500,
     ) -> subprocess.CompletedProcess[bytes]:
-        env = dict(os.environ, DIDSESSION_HOME=str(self.root / who))
-        shown = " ".join(shlex.quote(a) if len(a) < 60 else "'" + a[:40] + "…'" for a in args)
-        print(f"\n[{who}]$ didsession {shown}")
+        shown = " ".join(
+            shlex.quote(a) if len(a) < 60 else "'" + a[:40] + "…'" for a in args
+        ).replace(str(self.root) + "/", "")
+        print(f"\n[{who}]$ didsession {shown}", flush=True)
         proc = subprocess.run(
-            [*self.exe, *args], input=stdin, capture_output=True, env=env, timeout=60
+            [*self.exe, *args], input=stdin, capture_output=True, env=self.env(who), timeout=60
         )
         out = proc.stdout.decode(errors="replace").rstrip()
         err = proc.stderr.decode(errors="replace").rstrip()
-        if out and (self.verbose or len(out) < 1200):
+        if out and (self.verbose or len(out) <= show):
             print(_indent(out))
-        elif out:
-            print(_indent(out[:600] + f"\n… ({len(out)} characters)"))
+        elif out and show:
+            print(_indent(out[:show].rstrip() + f"… ({len(out):,} characters)"))
         if err:
             print(_indent(err))
         if ok and proc.returncode != 0:
@@ -54,74 +76,178 @@ def _indent(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())
 
 
+def _stream(name: str, pipe: IO[bytes], sink: list[str], show: bool) -> None:
+    """Print a party's output as it comes (progress), keep it for the summary."""
+    for raw in pipe:
+        line = raw.decode(errors="replace").rstrip()
+        sink.append(line)
+        text = line[24:] if line[:4].isdigit() else line  # drop MPyC's timestamp
+        if show and (not line[:4].isdigit() or "didsession" in line or "connected" in line):
+            print(f"    [{name}] {text}", flush=True)
+
+
+def _run_parties(
+    r: _Runner, roster: Path, program: Path, args: dict[str, list[str]], report: Path | None
+) -> dict[str, tuple[int, list[str]]]:
+    """Start the three parties, show their output, wait for all (bounded)."""
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    outputs: dict[str, list[str]] = {}
+    threads = []
+    for name in reversed(NAMES):
+        env = r.env(name)
+        if report is not None:
+            env["DIDSESSION_MPYC_REPORT"] = str(report)
+        cmd = [sys.executable, "-m", "mpyc_adapter", str(program), *args[name]]
+        cmd += ["--didcomm", str(roster)]
+        procs[name] = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=r.root
+        )
+        outputs[name] = []
+        assert procs[name].stdout is not None
+        t = threading.Thread(
+            target=_stream, args=(name, procs[name].stdout, outputs[name], True), daemon=True
+        )
+        t.start()
+        threads.append(t)
+    deadline = time.monotonic() + RUN_TIMEOUT
+    try:
+        for proc in procs.values():
+            proc.wait(max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        raise DidSessionError(f"the MPyC parties did not finish in {RUN_TIMEOUT:.0f} s") from None
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for t in threads:
+            t.join(5)
+    return {name: (procs[name].returncode, outputs[name]) for name in NAMES}
+
+
+def _links_table(report: Path) -> list[str]:
+    rows = [json.loads(line) for line in report.read_text().splitlines() if line.strip()]
+    lines = [
+        f"    {'link':16} {'path':7} {'messages':>9} {'records':>8} {'per record':>10} "
+        f"{'overhead/message':>17}"
+    ]
+    for row in rows:
+        a, b = NAMES[row["party"]], NAMES[row["peer"]]
+        lines.append(
+            f"    {a + ' -> ' + b:16} {row['path']:7} {row['messages']:9,} {row['records']:8,} "
+            f"{row['messages_per_record']:10.1f} {row['overhead_per_message']:15.2f} B"
+        )
+    total_msgs = sum(row["messages"] for row in rows)
+    total_over = sum(row["wire_bytes"] - row["payload_bytes"] for row in rows)
+    if total_msgs:
+        lines.append(
+            f"    all links: {total_msgs:,} MPyC messages, {total_over / total_msgs:.2f} bytes "
+            f"of session overhead per message (28 per record, shared by the messages of one "
+            f"event-loop turn)"
+        )
+    return lines
+
+
 def run_demo(keep: bool = False, verbose: bool = False) -> int:
+    t0 = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="didsession-demo-"))
     r = _Runner(root, verbose)
+    mediator: Any = None
     try:
-        print("== 1. Two parties create their identities (each in its own home)")
-        r.run("alice", ["init", "--name", "alice"])
-        r.run("bob", ["init", "--name", "bob", "--method", "peer4"])
+        from mpyc_adapter.embedded import mediator_available, start_embedded_mediator
+        from mpyc_adapter.launcher import free_ports
 
-        print("\n== 2. Alice shows her invitation; Bob scans the QR code")
+        if mediator_available():  # it starts while the identities are made
+            mediator = start_embedded_mediator(root / "mediator")
+
+        print("== 1. Three parties create identities and show their invitations")
+        urls = {}
+        for name in NAMES:
+            r.run(name, ["init", "--name", name], show=0)
         png = root / "alice-invitation.png"
         r.run("alice", ["invite", "--format", "png", "-o", str(png)])
-        url = r.run("alice", ["invite", "--format", "url"]).stdout.decode().strip()
+        for name in NAMES:
+            urls[name] = r.run(name, ["invite", "--format", "url"], show=72).stdout.decode().strip()
+            (root / f"{name}.url").write_text(urls[name])
         if shutil.which("zbarimg"):
-            print(f"\n$ zbarimg -q --raw {png.name}")
-            scanned = (
-                subprocess.run(
-                    ["zbarimg", "-q", "--raw", str(png)], capture_output=True, timeout=30
-                )
-                .stdout.decode()
-                .strip()
+            scanned = subprocess.run(
+                ["zbarimg", "-q", "--raw", str(png)], capture_output=True, timeout=30
+            ).stdout.decode()
+            same = "the same" if scanned.strip() == urls["alice"] else "NOT the same"
+            print(f"\n$ zbarimg -q --raw alice-invitation.png\n    (decodes to {same} URL)")
+            if scanned.strip() != urls["alice"]:
+                raise DidSessionError("the QR code did not decode to the invitation URL")
+
+        print("\n== 2. One DIDComm v2 message, the expensive way (authcrypt)")
+        r.run("alice", ["accept", str(root / "bob.url"), "--alias", "bob"], show=0)
+        packed = r.run("alice", ["pack", "--to", "bob"], stdin=b"Shall we compute?", show=72).stdout
+        info = json.loads(r.run("bob", ["unpack", "--json"], stdin=packed, show=0).stdout)
+        print(
+            f"    -> {len(packed):,} bytes on the wire for 17 bytes of text, sender "
+            f"authenticated: {info['authenticated']}.  Sessions replace this per message."
+        )
+
+        print("\n== 3. The roster: the parties' DIDs in party order")
+        ports = free_ports(2)
+        args = ["roster", "make", "-o", str(root / "roster.json")]
+        args += [str(root / f"{name}.url") for name in NAMES]
+        args += ["--addr", f"127.0.0.1:{ports[0]}", "--addr", f"127.0.0.1:{ports[1]}"]
+        if mediator is not None:
+            mediator.wait_ready()
+            args += ["--mediator", mediator.url]
+            print(
+                f"\n    (embedded mediator on {mediator.url}; carol gets no address, so "
+                "her links will go through its relay)"
             )
-            print(_indent(scanned[:80] + "…"))
-            same = "the same" if scanned == url else "NOT the same"
-            print(f"    (the QR code decodes to {same} URL as 'invite --format url')")
-            if scanned != url:
-                raise DidSessionError("QR code did not decode to the invitation URL")
-        else:
-            scanned = url
-            print("    (zbarimg not installed: using the URL instead of scanning)")
-        r.run("bob", ["accept", scanned, "--alias", "alice"])
-        bob_url = r.run("bob", ["invite", "--format", "url"]).stdout.decode().strip()
-        r.run("alice", ["accept", bob_url, "--alias", "bob"])
-        r.run("alice", ["contacts"])
-
-        print("\n== 3. Alice sends Bob an authcrypt message; Bob decrypts it")
-        packed = r.run(
-            "alice", ["pack", "--to", "bob"], stdin=b"Hello Bob, shall we compute?"
-        ).stdout
-        size = len(packed)
-        unpacked = r.run("bob", ["unpack", "--json"], stdin=packed).stdout
-        info = json.loads(unpacked)
-        print(
-            f"    -> {size} bytes on the wire for a 28-byte text; sender authenticated: "
-            f"{info['authenticated']} (contact {info['sender_contact']!r})"
-        )
-
-        print("\n== 4. Bob replies anonymously (anoncrypt): Alice cannot tell who sent it")
-        packed = r.run("bob", ["pack", "--anon", "--to", "alice"], stdin=b"Yes.").stdout
-        r.run("alice", ["unpack"], stdin=packed)
-
-        print("\n== 5. Tampering and misdelivery are refused")
-        doc = json.loads(packed)
-        ct = doc["ciphertext"]
-        doc["ciphertext"] = ("A" if ct[0] != "A" else "B") + ct[1:]
-        bad = r.run("alice", ["unpack"], stdin=json.dumps(doc).encode(), ok=False)
-        print(f"    -> exit status {bad.returncode} (tampered ciphertext)")
-        wrong = r.run("bob", ["unpack"], stdin=packed, ok=False)
-        print(f"    -> exit status {wrong.returncode} (Bob is not the recipient)")
-        if bad.returncode == 0 or wrong.returncode == 0:
-            raise DidSessionError("a tampered or misdelivered message was accepted")
+        r.run("alice", args)
+        r.run("alice", ["roster", "show", str(root / "roster.json")])
 
         print(
-            "\nDone.  Next in didsession: sessions (one AEAD per message after a DIDComm "
-            "handshake), the mediator, and MPyC over sessions."
+            "\n== 4. An unmodified MPyC program in three processes, every link a session"
+            f"\n    private inputs: {', '.join(f'{n} {v}' for n, v in INPUTS.items())}"
         )
+        import mpyc_adapter
+
+        program = Path(mpyc_adapter.__file__).with_name("santa.py")
+        report = root / "links.jsonl"
+        run_args = {n: [str(INPUTS[n]), "--didcomm-private-args"] for n in NAMES}
+        t_run = time.monotonic()
+        results = _run_parties(r, root / "roster.json", program, run_args, report)
+        failed = [n for n, (code, _) in results.items() if code != 0]
+        if failed:
+            raise DidSessionError(f"the MPyC computation failed at {', '.join(failed)}")
+        print(
+            f"\n    computed in {time.monotonic() - t_run:.1f} s (three processes, start-up included)"
+        )
+        for name in NAMES:
+            printed = [ln for ln in results[name][1] if ln and not ln[:4].isdigit()]
+            santa = next((ln for ln in printed if ln.startswith("secret santa")), "")
+            if name == NAMES[0]:
+                print("    " + "\n    ".join(ln for ln in printed if not ln.startswith("secret")))
+            to = santa.rsplit(" ", 1)[-1]
+            if to.isdigit():
+                print(f"    {name} is the secret santa of {NAMES[int(to)]} (only {name} knows)")
+        print("\n    links (each party's view of what it sent):")
+        print("\n".join(_links_table(report)))
+        print(
+            "    (this program waits for every answer, so each record carries one message; "
+            "in scalar-heavy\n    programs several messages share a record: "
+            "python bench/mpyc.py)"
+        )
+
+        print("\n== 5. A party that runs another program is refused before anything is computed")
+        run_args["carol"] = [str(INPUTS["carol"])]  # carol forgets --didcomm-private-args
+        refused = _run_parties(r, root / "roster.json", program, run_args, None)
+        if any(code == 0 for code, _ in refused.values()):
+            raise DidSessionError("a program mismatch was not refused")
+        print("    -> every party stopped with exit status 1; nothing was computed")
+
+        print(f"\nDone in {time.monotonic() - t0:.1f} s.")
         return 0
     finally:
+        if mediator is not None:
+            mediator.stop()
         if keep:
-            print(f"\n(homes kept in {root})")
+            print(f"\n(homes, roster and mediator data kept in {root})")
         else:
             shutil.rmtree(root, ignore_errors=True)

@@ -67,7 +67,14 @@ def test_long_peer4_invitation_still_decodes(
     cli_factory: Callable[[str], Cli], tmp_path: Path
 ) -> None:
     cli = cli_factory("p4")
-    cli("init", "--method", "peer4", "--mediator", "https://mediator.example.org/didcomm/v2")
+    cli(
+        "init",
+        "--method",
+        "peer4",
+        "--no-mediation",
+        "--mediator",
+        "https://mediator.example.org/didcomm/v2",
+    )
     out = tmp_path / "i.png"
     cli("invite", "--format", "png", "-o", str(out))
     decoded = subprocess.run(

@@ -1,0 +1,338 @@
+"""Benchmark: MPyC over plain TCP, MPyC's --ssl, --didcomm direct and --didcomm relay.
+
+    python bench/mpyc.py            # a table
+    python bench/mpyc.py --json     # the same numbers as JSON
+    python bench/mpyc.py --runs 7 --programs scalar --modes tcp,direct
+
+Three parties on loopback, each a separate process started the way a party would start it
+(``-P``/``-I`` for TCP and SSL, ``--didcomm roster.json -I i`` with identities made
+beforehand), for three programs from ``tests/mpyc_programs``:
+
+* scalar: ``aes.py 4`` (AES-128 on secret-shared bytes: thousands of tiny messages),
+* numpy: ``arrays.py 24`` (secure NumPy matrices: product, sort, max),
+* large: ``large.py 150000`` (messages of about 2 MB).
+
+Per mode and program: the median over ``--runs`` runs of the wall time (first party
+started to last party exited), of the computation time (MPyC's own elapsed time from
+``start()`` to ``shutdown()`` of the party that connected last, i.e. from the moment every
+link was up) and of the CPU time of all parties together, and the ratios the issue sets
+targets for.  Runs of the modes alternate, so a change in machine load hits all modes alike; the
+minimum over the runs is given too, as a figure less sensitive to other load.
+SSL certificates are generated into a temporary ``.config/`` as MPyC expects; the relay
+mode uses a mediator started for the benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+# This file is named mpyc.py: keep its folder off sys.path so "mpyc" stays MPyC.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
+sys.path.insert(0, str(ROOT))
+
+PROGRAMS = ROOT / "tests" / "mpyc_programs"
+WORKLOADS = {
+    "scalar": ["aes.py", "4"],
+    "numpy": ["arrays.py", "24"],
+    "large": ["large.py", "150000"],
+}
+MODES = ("tcp", "ssl", "direct", "relay")
+PARTIES = 3
+TIMEOUT = 300.0
+# Targets set by the issue (ratios of median times).
+TARGETS = {
+    "direct/tcp scalar": 0.95,
+    "direct/tcp numpy": 1.05,
+    "direct/tcp large": 1.05,
+    "direct/ssl scalar": 0.90,
+    "relay/direct": 1.5,
+}
+_ELAPSED = re.compile(r"elapsed time: (\d+):(\d+):(\d+\.\d+)")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def make_certificates(config: Path, parties: int) -> None:
+    """The files MPyC's --ssl reads: .config/mpyc_ca.crt, party_{i}.crt and party_{i}.key
+    (certificate subject ``MPyC party i``, signed by the CA)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    config.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "MPyC benchmark CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (config / "mpyc_ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for i in range(parties):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"MPyC party {i}")]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(ca_key, hashes.SHA256())
+        )
+        (config / f"party_{i}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (config / f"party_{i}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
+        )
+
+
+class Setup:
+    """Identities, certificates and (for relay) a mediator, made once per benchmark."""
+
+    def __init__(self, root: Path, modes: list[str]) -> None:
+        from didsession.identity import Store
+
+        self.root = root
+        self.homes = [root / f"home{i}" for i in range(PARTIES)]
+        self.identities = [Store(home).create(f"party{i}") for i, home in enumerate(self.homes)]
+        make_certificates(root / ".config", PARTIES)
+        self.mediator: Any = None
+        if "relay" in modes:
+            from mpyc_adapter.embedded import start_embedded_mediator
+
+            self.mediator = start_embedded_mediator(root / "mediator")
+            self.mediator.wait_ready()
+
+    def roster(self, relay: bool) -> Path:
+        from mpyc_adapter.roster import Party, Roster
+
+        ports = free_ports(PARTIES)
+        roster = Roster(
+            tuple(
+                Party(ident.did, f"party{i}", ("127.0.0.1", ports[i]))
+                for i, ident in enumerate(self.identities)
+            ),
+            mediator=self.mediator.url if relay else None,
+            relay_only=relay,
+        )
+        path = self.root / ("roster-relay.json" if relay else "roster.json")
+        roster.save(path)
+        return path
+
+    def commands(self, mode: str, program: list[str]) -> list[tuple[list[str], dict[str, str]]]:
+        script = [sys.executable, str(PROGRAMS / program[0]), *program[1:]]
+        out = []
+        if mode in ("tcp", "ssl"):
+            addrs = [a for p in free_ports(PARTIES) for a in ("-P", f"127.0.0.1:{p}")]
+            for i in range(PARTIES):
+                extra = ["--ssl"] if mode == "ssl" else []
+                out.append(([*script, *addrs, "-I", str(i), *extra], dict(os.environ)))
+        else:
+            roster = self.roster(relay=mode == "relay")
+            for i in range(PARTIES):
+                cmd = [*script, "--didcomm", str(roster), "--didcomm-home", str(self.homes[i])]
+                out.append(([*cmd, "-I", str(i)], dict(os.environ)))
+        return out
+
+    def close(self) -> None:
+        if self.mediator is not None:
+            self.mediator.stop()
+
+
+def run_once(setup: Setup, mode: str, program: list[str]) -> dict[str, float]:
+    """One computation: wall time, MPyC's computation time, CPU time of all parties.
+
+    MPyC's clock starts when a party's own links are up, so a party that connects early
+    also counts the others still connecting; the party that connects last (the smallest
+    elapsed time) starts its clock when every link is up: that is the computation time.
+    """
+    cmds = setup.commands(mode, program)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=setup.root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        for cmd, env in reversed(cmds)
+    ]
+    outputs = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=TIMEOUT)
+            outputs.append((proc.returncode, out.decode(errors="replace"), err.decode()))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    compute = float("inf")
+    for code, out, err in outputs:
+        if code != 0:
+            raise RuntimeError(f"{mode} {program[0]} failed ({code}):\n{err[-2000:]}")
+        match = _ELAPSED.search(out)
+        if match is None:
+            raise RuntimeError(f"{mode} {program[0]}: no elapsed time in\n{out[-2000:]}")
+        h, m, s = match.groups()
+        compute = min(compute, int(h) * 3600 + int(m) * 60 + float(s))
+    return {"wall": wall, "compute": compute, "cpu": cpu}
+
+
+def bench(runs: int, programs: list[str], modes: list[str]) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="bench-mpyc-"))
+    setup = Setup(root, modes)
+    results: dict[str, Any] = {}
+    try:
+        for name in programs:
+            samples: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+            for _ in range(runs):
+                for mode in modes:
+                    samples[mode].append(run_once(setup, mode, WORKLOADS[name]))
+            results[name] = {
+                mode: {
+                    "wall_s": round(statistics.median(s["wall"] for s in runs_), 3),
+                    "compute_s": round(statistics.median(s["compute"] for s in runs_), 3),
+                    "cpu_s": round(statistics.median(s["cpu"] for s in runs_), 3),
+                    "wall_min_s": round(min(s["wall"] for s in runs_), 3),
+                    "compute_min_s": round(min(s["compute"] for s in runs_), 3),
+                    "wall_runs": [round(s["wall"], 3) for s in runs_],
+                    "compute_runs": [round(s["compute"], 3) for s in runs_],
+                }
+                for mode, runs_ in samples.items()
+            }
+    finally:
+        setup.close()
+        shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+def ratios(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """``a/b program`` -> {"wall": ..., "compute": ...} for the pairs the targets name."""
+    out: dict[str, dict[str, float]] = {}
+    for name, modes in results.items():
+        for a, b in (("direct", "tcp"), ("direct", "ssl"), ("relay", "direct"), ("ssl", "tcp")):
+            if a in modes and b in modes:
+                out[f"{a}/{b} {name}"] = {
+                    kind: round(modes[a][f"{kind}_s"] / modes[b][f"{kind}_s"], 3)
+                    for kind in ("wall", "compute", "wall_min", "compute_min")
+                }
+    return out
+
+
+def targets(rat: dict[str, dict[str, float]]) -> dict[str, Any]:
+    out = {}
+    for key, limit in TARGETS.items():
+        names = [k for k in rat if k == key] or [k for k in rat if k.startswith(key + " ")]
+        for name in names:
+            out[name] = {"limit": limit}
+            for kind in ("wall", "compute", "wall_min", "compute_min"):
+                out[name][kind] = rat[name][kind]
+                out[name][f"met_{kind}"] = rat[name][kind] <= limit
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--runs", type=int, default=5, help="runs per mode and program")
+    parser.add_argument("--programs", default=",".join(WORKLOADS), help="scalar,numpy,large")
+    parser.add_argument("--modes", default=",".join(MODES), help="tcp,ssl,direct,relay")
+    args = parser.parse_args()
+    programs = [p for p in args.programs.split(",") if p]
+    modes = [m for m in args.modes.split(",") if m]
+    for p in programs:
+        if p not in WORKLOADS:
+            parser.error(f"unknown program {p!r}")
+    for m in modes:
+        if m not in MODES:
+            parser.error(f"unknown mode {m!r}")
+    from mpyc_adapter.embedded import mediator_available
+
+    if "relay" in modes and not mediator_available():
+        modes.remove("relay")
+    results = bench(args.runs, programs, modes)
+    rat = ratios(results)
+    result = {
+        "machine": {
+            "python": platform.python_version(),
+            "mpyc": importlib.metadata.version("mpyc"),
+            "cpus": os.cpu_count(),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+        },
+        "parties": PARTIES,
+        "runs": args.runs,
+        "programs": {name: " ".join(WORKLOADS[name]) for name in programs},
+        "results": results,
+        "ratios": rat,
+        "targets": targets(rat),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{PARTIES} parties on loopback, median of {args.runs} runs (seconds)")
+    print(f"{'program':8} {'mode':7} {'wall':>7} {'compute':>8} {'cpu':>7}   (min: wall compute)")
+    for name, modes_ in results.items():
+        for mode, r in modes_.items():
+            print(
+                f"{name:8} {mode:7} {r['wall_s']:7.3f} {r['compute_s']:8.3f} {r['cpu_s']:7.3f}"
+                f"   {r['wall_min_s']:7.3f} {r['compute_min_s']:7.3f}"
+            )
+    print("\nratios of medians (wall, compute), of minima (wall, compute), and targets:")
+    for name, r in rat.items():
+        t = result["targets"].get(name)
+        limit = f"  target <= {t['limit']}" if t else ""
+        print(
+            f"  {name:24} {r['wall']:6.3f} {r['compute']:8.3f}   "
+            f"{r['wall_min']:6.3f} {r['compute_min']:8.3f}{limit}"
+        )
+
+
+if __name__ == "__main__":
+    main()

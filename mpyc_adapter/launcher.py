@@ -1,0 +1,223 @@
+"""Local mode: ``python prog.py -M m --didcomm`` runs m parties on this machine over sessions.
+
+Like MPyC's own ``-M m`` (which starts parties 1..m-1 as subprocesses and is party 0
+itself), but every party gets a fresh identity and every link is a real session:
+
+1. a throw-away directory with one didsession home per party (``party0`` … ``party{m-1}``)
+   and a roster listing their DIDs, each with a free loopback port for direct sessions;
+2. with ``--didcomm-relay``, an embedded mediator on loopback (when this installation has
+   one, :mod:`mediator`), and the roster says ``relay_only``;
+3. parties m-1..1 start as ``python -m mpyc_adapter PROGRAM ... --didcomm ROSTER -I i``
+   (first of all, so their start-up overlaps with this process creating the identities)
+   (their output goes where MPyC sends it: nowhere, or ``party{m}_{i}.log`` with
+   ``--output-file``; their errors to this terminal);
+4. this process continues as party 0.  When it exits it waits briefly for the others,
+   stops what is still running, and removes the directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from mpyc_adapter.hook import our_options
+
+if TYPE_CHECKING:
+    from mpyc_adapter.party import PartyPlan
+
+__all__ = ["LocalParties", "launch_local"]
+
+# How long party 0, when done, waits for the other parties before stopping them.
+GRACE = 20.0
+# How long a party started by local mode waits for party 0 to write the roster.
+WAIT = 60.0
+WAIT_ENV = "DIDSESSION_MPYC_WAIT"
+_FLAGS = {
+    "debug": "d",
+    "inspect": "i",
+    "optimize": "O",
+    "dont_write_bytecode": "B",
+    "no_user_site": "s",
+    "no_site": "S",
+    "ignore_environment": "E",
+    "verbose": "v",
+    "bytes_warning": "b",
+    "quiet": "q",
+    "isolated": "I",
+}
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports free on ``host`` right now."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def python_flags() -> list[str]:
+    """This interpreter's flags as command-line options, for the child parties."""
+    flags = [
+        f"-{c * int(getattr(sys.flags, a))}" for a, c in _FLAGS.items() if getattr(sys.flags, a, 0)
+    ]
+    if sys.flags.dev_mode:
+        flags += ["-X", "dev"]
+    if sys.flags.utf8_mode:
+        flags += ["-X", "utf8"]
+    return flags
+
+
+def main_target(argv0: str) -> list[str]:
+    """How a child runs the same program: ``-m module`` if it was run as a module."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", None)
+    if name and not name.startswith("mpyc_adapter"):
+        return ["-m", name.removesuffix(".__main__")]
+    return [argv0]
+
+
+class LocalParties:
+    """The throw-away directory, the embedded mediator and the child parties."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.mediator: Any = None
+        self.logs: list[IO[bytes]] = []
+
+    def cleanup(self) -> None:
+        deadline = time.monotonic() + GRACE
+        for child in self.children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(max(0.1, deadline - time.monotonic()))
+        for child in self.children:
+            if child.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(3)
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        if self.mediator is not None:
+            self.mediator.stop()
+        for f in self.logs:
+            f.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def launch_local(options: argparse.Namespace) -> PartyPlan:
+    """Set up local mode (see the module docstring) and return party 0's plan.
+
+    The other parties are started first, before anything heavy is imported here: they
+    import MPyC and didsession while this process creates the identities, and wait (up to
+    :data:`WAIT`) for the roster, which is written last and atomically.  ``sys.argv`` is
+    rewritten for party 0 (``--didcomm ROSTER -I 0 ...``).
+    """
+    m = int(options.M)
+    ours, rest = our_options(sys.argv[1:])
+    root = Path(tempfile.mkdtemp(prefix="didsession-mpyc-"))
+    local = LocalParties(root)
+    atexit.register(local.cleanup)
+    roster_path = root / "roster.json"
+    if ours.didcomm_relay:  # it starts while everything else does
+        from mpyc_adapter.embedded import start_embedded_mediator
+
+        try:
+            local.mediator = start_embedded_mediator(root / "mediator")
+        except Exception as exc:
+            raise SystemExit(f"didsession: error: {exc}") from None
+    extra = ["--didcomm-private-args"] if ours.didcomm_private_args else []
+    target = main_target(sys.argv[0])
+    env = dict(os.environ, **{WAIT_ENV: str(WAIT)})
+    for i in range(m - 1, 0, -1):
+        cmd = [
+            sys.executable,
+            *python_flags(),
+            "-m",
+            "mpyc_adapter",
+            *target,
+            *rest,
+            "--didcomm",
+            str(roster_path),
+            "--didcomm-home",
+            str(root / f"party{i}"),
+            "-I",
+            str(i),
+            *extra,
+        ]
+        stdout: Any = subprocess.DEVNULL
+        if getattr(options, "output_file", False):
+            f = open(f"party{m}_{i}.log", "ab")
+            f.write(b"\n$> " + " ".join(cmd).encode() + b"\n")
+            f.flush()
+            local.logs.append(f)
+            stdout = f
+        try:
+            local.children.append(subprocess.Popen(cmd, stdout=stdout, env=env))
+        except OSError as exc:
+            raise SystemExit(f"didsession: error: cannot start party {i}: {exc.strerror}") from None
+
+    from didsession.identity import Store
+    from mpyc_adapter.party import PartyPlan
+    from mpyc_adapter.roster import Party, Roster
+
+    mediator_url = local.mediator.url if local.mediator is not None else None
+    identities = [Store(root / f"party{i}").create(f"party{i}") for i in range(m)]
+    ports = free_ports(m)
+    roster = Roster(
+        tuple(
+            Party(ident.did, f"party{i}", ("127.0.0.1", ports[i]))
+            for i, ident in enumerate(identities)
+        ),
+        mediator=mediator_url,
+        relay_only=bool(ours.didcomm_relay),
+    )
+    if local.mediator is not None:
+        local.mediator.wait_ready()
+    roster.save(roster_path)
+    sys.argv = [
+        sys.argv[0],
+        *rest,
+        "--didcomm",
+        str(roster_path),
+        "--didcomm-home",
+        str(root / "party0"),
+        "-I",
+        "0",
+        *extra,
+    ]
+    return PartyPlan(
+        roster=roster,
+        pid=0,
+        identity=identities[0],
+        private_args=bool(ours.didcomm_private_args),
+        script=sys.argv[0],
+        local=root,
+        extra={"local": local},
+    )
+
+
+def wait_for_roster(path: str) -> None:
+    """A party started by local mode: wait until party 0 has written the roster."""
+    limit = float(os.environ.get(WAIT_ENV, "0") or 0)
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)

@@ -1,0 +1,611 @@
+"""MPyC's peer links, made by sessions: what replaces ``create_server``/``create_connection``.
+
+MPyC 0.11's ``Runtime.start()`` listens with ``loop.create_server`` (party i, for the
+parties below it) and connects with ``loop.create_connection`` (to the parties above it),
+retrying every 0.1 s.  While ``start()`` runs, :meth:`DidcommNetwork.installed` puts two
+coroutines with the same signatures on the event loop instance; everything else in
+``start()`` and ``shutdown()`` (MPyC's retry, its party-id and PRSS-key exchange, its
+shutdown barrier) runs unchanged, over :class:`~mpyc_adapter.transport.SessionTransport`.
+
+For each link (lower party connects to higher party):
+
+1. the path (:mod:`mpyc_adapter.paths`): a TCP connection, or the mediator's relay;
+2. the session handshake on it (spec/session.md §4.4), authcrypt from this party's DID.
+   The connecting side names the roster DID of the party it wants; the accepting side
+   accepts only the DIDs of the parties below it;
+3. program agreement (:mod:`mpyc_adapter.agreement`): each side sends its record, checks
+   the peer's (same program, and the party id it states is its DID's roster index);
+4. MPyC's ``MessageExchanger`` is attached.  The accepting side checks that the 2-byte
+   party id MPyC's client sends equals the roster index of the authenticated DID.
+
+Errors: a connection that fails or a handshake that breaks off is retried (by MPyC's own
+loop on the connecting side), with a warning.  A refusal by a roster party, a program
+mismatch, a wrong party id, or a link failing while the computation runs stops this party:
+one line on stderr (``didsession: error: …``), ``CLOSE`` with a reason to every peer, exit
+status 1.  A party that stops while links are still being set up first tells the parties
+it has no session with yet (:meth:`DidcommNetwork.stop`), so a mismatch stops every party.
+The reason travels as the close code (``e.p.mpyc.program.p2:L,args``: party 2 differs in
+``-L`` and the arguments), so every party's message says what differs.  Sessions from DIDs
+outside the roster are refused and logged; they never stop the party (an outsider must
+not be able to end a computation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from didsession.envelope import Envelope
+from didsession.errors import DidSessionError, ProtocolError, RemoteProtocolError
+from didsession.peer import envelope_for, handshake_codec
+from didsession.session import PROTOCOL_VERSION, Handshake, Role, SessionConfig
+from mpyc_adapter.agreement import (
+    KEY_NAMES,
+    AgreementError,
+    Program,
+    differences,
+    script_digest,
+)
+from mpyc_adapter.party import PartyPlan
+from mpyc_adapter.paths import (
+    RELAY_RECORD_LIMIT,
+    PathKind,
+    bind_host,
+    choose_path,
+    open_relay_path,
+    relay_session_id,
+)
+from mpyc_adapter.roster import format_addr, short_did
+from mpyc_adapter.transport import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_RECORD_LIMIT,
+    LinkState,
+    SessionTransport,
+)
+
+__all__ = ["REPORT_ENV", "DidcommNetwork"]
+
+log = logging.getLogger("didsession.mpyc")
+
+# If set, each party appends one JSON line per link to this file at every shutdown.
+REPORT_ENV = "DIDSESSION_MPYC_REPORT"
+# Override the transport's coalescing (for measurements): the largest batch of MPyC writes
+# per record, and whether the first write of a turn goes out alone ("0": no).
+BATCH_ENV = "DIDSESSION_MPYC_BATCH"
+EAGER_ENV = "DIDSESSION_MPYC_EAGER"
+HANDSHAKE_TIMEOUT = 30.0
+# How long a direct TCP connect may take before the relay is tried (if there is one).
+CONNECT_TIMEOUT = 3.0
+# How long a party that stops during start() goes on telling the others why.
+STOP_GRACE = 2.0
+RELAY_WAIT = 60.0
+# Refusals a retry cannot fix (spec/session.md §10): stop instead of retrying forever.
+_FATAL_REFUSALS = ("e.p.msg.session.unauthorized", "e.p.mpyc")
+
+
+class _Server:
+    """What ``create_server`` returns to MPyC: ``close()`` stops listening and stops
+    waiting for relayed peers."""
+
+    def __init__(self, listener: asyncio.AbstractServer | None, tasks: list[asyncio.Task[None]]):
+        self._listener = listener
+        self._tasks = tasks
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        for task in self._tasks:
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        if self._listener is not None:
+            await self._listener.wait_closed()
+
+
+class DidcommNetwork:
+    """The links of one MPyC runtime, carried by sessions.
+
+    Args:
+        plan: roster, party id, identity.
+        runtime: MPyC's runtime (``mpyc.runtime.mpc``).
+    """
+
+    def __init__(self, plan: PartyPlan, runtime: Any) -> None:
+        self.plan = plan
+        self.rt = runtime
+        self.roster = plan.roster
+        self.pid = plan.pid
+        self.identity = plan.identity
+        self.envelope: Envelope = envelope_for(plan.identity)
+        self._pack, self._unpack = handshake_codec(self.envelope, plan.identity.did)
+        self.program = self._program()
+        self.links: dict[int, SessionTransport] = {}
+        self.round = 0
+        self._via_relay: set[int] = set()  # peers whose direct address did not answer
+        self._warned: set[tuple[int, str]] = set()
+        self._stopping = False
+        self._stop_code = "e.p.mpyc.stopped"
+        self._starting = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._orig_create_connection: Callable[..., Any] | None = None
+        self._orig_create_server: Callable[..., Any] | None = None
+        self.started_at = 0.0
+        self.max_batch = int(os.environ.get(BATCH_ENV) or DEFAULT_MAX_BATCH)
+        self.eager = os.environ.get(EAGER_ENV, "1") != "0"
+
+    # -- what MPyC's start() calls -----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def installed(self, loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+        """Put this network's ``create_server``/``create_connection`` on ``loop`` while
+        MPyC's ``start()`` runs (instance attributes shadow the loop's methods)."""
+        self._loop = loop
+        self._orig_create_connection = loop.create_connection
+        self._orig_create_server = loop.create_server
+        self.round += 1
+        self.links = {}
+        self.started_at = time.monotonic()
+        setattr(loop, "create_connection", self.create_connection)  # noqa: B010
+        setattr(loop, "create_server", self.create_server)  # noqa: B010
+        self._starting = True
+        try:
+            yield
+        finally:
+            self._starting = False
+            for name in ("create_connection", "create_server"):
+                with contextlib.suppress(AttributeError):
+                    delattr(loop, name)
+
+    async def create_connection(
+        self, protocol_factory: Callable[[], Any], host: Any = None, port: Any = None, **kw: Any
+    ) -> tuple[asyncio.BaseTransport, Any]:
+        """Connect to a higher party (MPyC's connecting side).
+
+        Any ordinary exception makes MPyC retry in 0.1 s; a refusal or program mismatch
+        raises SystemExit.
+        """
+        assert self._orig_create_connection is not None
+        protocol = protocol_factory()
+        peer = getattr(protocol, "peer_pid", None)
+        if not isinstance(peer, int) or not 0 <= peer < len(self.roster):
+            # Not one of MPyC's peer links: leave it alone.
+            return await self._orig_create_connection(lambda: protocol, host, port, **kw)
+        label = self.party_label(peer)
+        link: SessionTransport | None = None
+        try:
+            link = await self._open_path(peer, host, port)
+            hs = self._handshake(Role.INITIATOR, peer_did=self.roster.parties[peer].did)
+            await link.initiate(hs, self._pack, self._unpack, HANDSHAKE_TIMEOUT)
+        except DidSessionError as exc:
+            if link is not None:
+                link.close()
+            if isinstance(exc, RemoteProtocolError) and exc.code.startswith(_FATAL_REFUSALS):
+                self.stop(f"{exc.message} (is our roster the same as party {peer}'s?)")
+                await self._halted()
+            self._warn(peer, f"session with {label} failed: {exc.message}; retrying")
+            raise ConnectionError(exc.message) from None
+        except BaseException:
+            if link is not None:
+                link.close()
+            raise
+        if not await self._agree(link, peer):
+            await self._halted()  # never return to MPyC's start(): this party is stopping
+        self._attach(link, protocol, peer, expect_pid=None)
+        return link, protocol
+
+    async def _open_path(self, peer: int, host: Any, port: Any) -> SessionTransport:
+        """A link to ``peer`` on its path: the relay if the roster says so; else direct
+        TCP, falling back to the relay (if the roster has a mediator) when the address
+        cannot be reached at all.  A refused connection is not a reason to fall back: the
+        party is just not listening yet, and MPyC retries."""
+        path = choose_path(self.roster, self.pid, peer)
+        if path is PathKind.RELAY or peer in self._via_relay:
+            link = self._new_link(peer, PathKind.RELAY)
+            await self._relay(link, peer)
+            return link
+        link = self._new_link(peer, PathKind.DIRECT)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await self._orig_create_connection(lambda: link, host, port)  # type: ignore[misc]
+        except ConnectionRefusedError:
+            raise
+        except (OSError, TimeoutError) as exc:
+            if not self.roster.mediator:
+                raise
+            why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            log.warning(
+                f"didsession: no direct path to {link.label} at {host}:{port} ({why}); "
+                "using the mediator's relay"
+            )
+            self._via_relay.add(peer)
+            link = self._new_link(peer, PathKind.RELAY)
+            await self._relay(link, peer)
+            return link
+        link.path_info["path"] = "direct"
+        return link
+
+    async def create_server(
+        self, protocol_factory: Callable[[], Any], host: Any = None, port: Any = None, **kw: Any
+    ) -> _Server:
+        """Accept the lower parties' links (MPyC's listening side)."""
+        assert self._orig_create_server is not None and self._loop is not None
+        lower = {self.roster.parties[i].did: i for i in range(self.pid)}
+        relayed = {
+            did: i
+            for did, i in lower.items()
+            if choose_path(self.roster, i, self.pid) is PathKind.RELAY
+        }
+        direct = {did: i for did, i in lower.items() if did not in relayed}
+        tasks: list[asyncio.Task[None]] = []
+        for did, peer in relayed.items():
+            tasks.append(self._loop.create_task(self._accept_relayed(peer, did, protocol_factory)))
+        if self.roster.mediator:
+            # Direct links fall back to the relay when the address cannot be reached: wait
+            # there too (until MPyC closes this server, once every link is up).
+            for did, peer in direct.items():
+                task = self._accept_relayed(peer, did, protocol_factory, standby=True)
+                tasks.append(self._loop.create_task(task))
+        listener = None
+        if direct:
+            own = self.roster.parties[self.pid].addr
+            listen_host = bind_host(own[0]) if own else None
+
+            def accept() -> SessionTransport:
+                link = self._new_link(None, PathKind.DIRECT)
+                link.path_info["path"] = "direct"
+                task = self._loop.create_task(self._accept(link, direct, protocol_factory))  # type: ignore[union-attr]
+                tasks.append(task)
+                return link
+
+            listener = await self._orig_create_server(accept, host=listen_host, port=port)
+            log.debug(f"didsession: listening on {listen_host or '*'}:{port}")
+        return _Server(listener, tasks)
+
+    # -- one link --------------------------------------------------------------------------------
+
+    def _new_link(self, peer: int | None, path: PathKind) -> SessionTransport:
+        label = self.party_label(peer) if peer is not None else "a connecting party"
+        limit = RELAY_RECORD_LIMIT if path is PathKind.RELAY else DEFAULT_RECORD_LIMIT
+        return SessionTransport(
+            on_fatal=self._on_link_fatal,
+            label=label,
+            record_limit=limit,
+            max_batch=self.max_batch,
+            eager=self.eager,
+        )
+
+    def _handshake(
+        self, role: Role, *, peer_did: str | None = None, accept: Any = None
+    ) -> Handshake:
+        ident = self.identity
+        assert ident.x25519_secret is not None
+        return Handshake(
+            role,
+            local_did=ident.did,
+            static_private=ident.x25519_secret,
+            peer_static_key=self.envelope.resolver.x25519_public,
+            peer_did=peer_did,
+            accept_peer=accept,
+            config=SessionConfig(timeout=HANDSHAKE_TIMEOUT),
+        )
+
+    async def _relay(self, link: SessionTransport, peer: int) -> None:
+        mediator = self.roster.mediator
+        assert mediator is not None
+        low, high = sorted((self.pid, peer))
+        await open_relay_path(
+            lambda: link,
+            mediator=mediator,
+            local_did=self.identity.did,
+            envelope=self.envelope,
+            session_id=relay_session_id(self.roster, low, high, self.round),
+            peer_did=self.roster.parties[peer].did,
+            wait=RELAY_WAIT,
+        )
+        link.path_info["path"] = "relay"
+
+    async def _accept(
+        self, link: SessionTransport, lower: dict[str, int], factory: Callable[[], Any]
+    ) -> None:
+        senders: list[str] = []
+
+        async def unpack(packed: bytes) -> tuple[bytes, str]:
+            plaintext, sender = await self._unpack(packed)
+            senders.append(sender)
+            return plaintext, sender
+
+        hs = self._handshake(Role.RESPONDER, accept=set(lower))
+        try:
+            await link.respond(hs, self._pack, unpack, HANDSHAKE_TIMEOUT)
+        except DidSessionError as exc:
+            link.close()
+            who = short_did(senders[0]) if senders else "an unknown party"
+            if senders and senders[0] not in lower:
+                why = (
+                    "not a party of the roster"
+                    if self.roster.index(senders[0]) is None
+                    else f"party {self.roster.index(senders[0])} connects to us only if "
+                    "it is below us"
+                )
+                log.warning(f"didsession: refused a session from {who}: {why}")
+            else:
+                log.warning(f"didsession: a session from {who} failed: {exc.message}")
+            return
+        except asyncio.CancelledError:
+            link.close()
+            raise
+        peer = lower[link.peer_did]
+        link.label = self.party_label(peer)
+        await self._accepted(link, peer, factory)
+
+    async def _accept_relayed(
+        self, peer: int, did: str, factory: Callable[[], Any], *, standby: bool = False
+    ) -> None:
+        """Wait for a lower party on the relay; retry (like MPyC's connecting side) until
+        it comes or MPyC closes the server.  ``standby``: the link is meant to be direct;
+        this only catches the connecting party's fallback, quietly."""
+        while True:
+            link = self._new_link(peer, PathKind.RELAY)
+            try:
+                await self._relay(link, peer)
+                hs = self._handshake(Role.RESPONDER, accept={did})
+                await link.respond(hs, self._pack, self._unpack, HANDSHAKE_TIMEOUT)
+                break
+            except DidSessionError as exc:
+                link.close()
+                if not standby:
+                    self._warn(peer, f"relayed session with {link.label} failed: {exc.message}")
+            except asyncio.CancelledError:
+                link.close()
+                raise
+            await asyncio.sleep(0.1)
+        await self._accepted(link, peer, factory)
+
+    async def _accepted(
+        self, link: SessionTransport, peer: int, factory: Callable[[], Any]
+    ) -> None:
+        current = self.links.get(peer)
+        if current is not None and current.state is LinkState.OPEN:
+            link.fail(RemoteProtocolError("duplicate link", code="e.p.mpyc.duplicate"))
+            log.warning(f"didsession: refused a second link from {link.label}")
+            return
+        if self._stopping:  # tell a late party why we stop, then stop answering
+            link.fail(RemoteProtocolError("stopping", code=self._stop_code))
+            return
+        try:
+            agreed = await self._agree(link, peer)
+        except asyncio.CancelledError:
+            link.close()
+            raise
+        if agreed:
+            self._attach(link, factory(), peer, expect_pid=peer)
+
+    async def _agree(self, link: SessionTransport, peer: int) -> bool:
+        """Exchange program records (:mod:`mpyc_adapter.agreement`).  On a mismatch (or no
+        usable record) stop this party and return False."""
+        link.send_now(self.program.encode())
+        try:
+            theirs = Program.decode(await link.peer_agreement(HANDSHAKE_TIMEOUT))
+        except ProtocolError as exc:
+            link.fail(exc)
+            if exc.code.startswith("e.p.mpyc."):  # the peer stopped first: say why
+                self._peer_stopped(link, exc)
+            else:
+                self.stop(f"no program agreement with {link.label}: {exc.message}")
+            return False
+        if self._stopping:
+            link.fail(RemoteProtocolError("stopping", code=self._stop_code))
+            return False
+        if theirs.party != peer:
+            err = RemoteProtocolError(
+                f"{link.label} states it is party {theirs.party}", code="e.p.mpyc.party"
+            )
+            link.fail(err)
+            self.stop(f"{err.message}, but its DID is party {peer}'s in the roster")
+            return False
+        diffs = differences(self.program, theirs)
+        if diffs:
+            keys = ",".join(key for key, _ in diffs)
+            link.fail(AgreementError("program mismatch", code="e.p.mpyc.program"))
+            self.stop(
+                f"{link.label} runs a different program: "
+                + "; ".join(text for _, text in diffs)
+                + ". Nothing was computed.",
+                code=f"e.p.mpyc.program.p{peer}:{keys}"[:64],
+            )
+            return False
+        return True
+
+    def _attach(
+        self, link: SessionTransport, protocol: Any, peer: int, expect_pid: int | None
+    ) -> None:
+        if link.state is not LinkState.AGREEMENT:
+            if not self._stopping:
+                self.stop(f"the link with {link.label} closed before the computation began")
+            return
+        self.links[peer] = link
+        link.attach(protocol, expect_pid=expect_pid)
+        chan = link.channel
+        info = link.path_info
+        where = ""
+        if info.get("path") == "direct":
+            sock, remote = link.get_extra_info("sockname"), link.get_extra_info("peername")
+            if sock and remote:
+                where = f" {_addr(sock)} -> {_addr(remote)}"
+        log.info(
+            f"didsession: link with {link.label}: {info.get('path', '?')}{where}, "
+            f"session {chan.session_id.hex()[:8]}, {chan.suite.value}"
+        )
+
+    # -- stopping ----------------------------------------------------------------------------------
+
+    def _on_link_fatal(self, link: SessionTransport, exc: DidSessionError) -> None:
+        if link.path_info.get("stopping"):
+            return
+        if exc.code.startswith("e.p.mpyc."):
+            self._peer_stopped(link, exc)
+        else:
+            self.stop(f"the session with {link.label} failed: {exc.message}")
+
+    def _peer_stopped(self, link: SessionTransport, exc: DidSessionError) -> None:
+        """A peer closed its session with an ``e.p.mpyc`` reason: stop too, saying why,
+        and pass the same reason on to our other peers."""
+        code = exc.code
+        if code.startswith("e.p.mpyc.program.p") and ":" in code:
+            who, _, keys = code.removeprefix("e.p.mpyc.program.p").partition(":")
+            what = ", ".join(KEY_NAMES.get(k, k) for k in keys.split(",") if k)
+            self.stop(
+                f"{link.label} stopped: party {who} runs a different program "
+                f"({what} differ). Nothing was computed.",
+                code=code,
+            )
+        elif code == "e.p.mpyc.program":
+            self.stop(f"{link.label} runs a different program (it said so)", code=code)
+        else:
+            self.stop(f"{link.label} stopped ({code}); stopping too", code=code)
+
+    def stop(self, message: str, *, code: str = "e.p.mpyc.stopped") -> None:
+        """Stop this party: one line on stderr, CLOSE with ``code`` to every peer, exit 1.
+
+        During ``start()`` some parties may have no session with us yet: for
+        :data:`STOP_GRACE` seconds this party tells the higher ones (connecting to them)
+        and answers the lower ones (which retry) with a session that closes with ``code``,
+        so that they stop too, saying why.  The exit is a SystemExit raised from a plain
+        event-loop callback, so it leaves ``run_until_complete`` and the program.
+        """
+        if self._stopping:
+            return
+        self._stopping = True
+        self._stop_code = code
+        print(f"didsession: error: party {self.pid}: {message}", file=sys.stderr, flush=True)
+        for link in list(self.links.values()):
+            link.path_info["stopping"] = True
+            if link.state is LinkState.OPEN:
+                link.fail(RemoteProtocolError("stopped", code=code))
+        loop = self._loop or asyncio.get_event_loop()
+        if self._starting:
+            self._tasks.add(loop.create_task(self._tell_and_exit()))
+        else:
+            loop.call_soon(_exit)
+
+    async def _tell_and_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_GRACE
+        higher = [p for p in range(self.pid + 1, len(self.roster)) if p not in self.links]
+        if higher:
+            tells = [loop.create_task(self._tell(p)) for p in higher]
+            _, pending = await asyncio.wait(tells, timeout=STOP_GRACE)
+            for task in pending:
+                task.cancel()
+        await asyncio.sleep(max(0.0, deadline - loop.time()))
+        loop.call_soon(_exit)
+
+    async def _tell(self, peer: int) -> None:
+        """Best effort: a session with ``peer`` that closes at once with the stop code."""
+        party = self.rt.parties[peer]
+        with contextlib.suppress(Exception):
+            link = await self._open_path(peer, party.host, party.port)
+            try:
+                hs = self._handshake(Role.INITIATOR, peer_did=self.roster.parties[peer].did)
+                await link.initiate(hs, self._pack, self._unpack, STOP_GRACE)
+                link.fail(RemoteProtocolError("stopping", code=self._stop_code))
+            finally:
+                link.close()
+
+    async def _halted(self) -> None:
+        """Wait for the exit (``stop`` was called): MPyC's ``start()`` must not go on."""
+        await asyncio.sleep(STOP_GRACE + 60.0)
+        raise SystemExit(1)
+
+    def _warn(self, peer: int, message: str) -> None:
+        key = (peer, message)
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(f"didsession: {message}")
+
+    # -- reports -------------------------------------------------------------------------------------
+
+    def party_label(self, peer: int) -> str:
+        party = self.roster.parties[peer]
+        return f"party {peer} ({party.label})" if party.label else f"party {peer}"
+
+    def report(self) -> list[dict[str, Any]]:
+        """One dict per link of the last round: path, counters, overhead."""
+        out = []
+        for peer, link in sorted(self.links.items()):
+            s = link.stats
+            out.append(
+                {
+                    "party": self.pid,
+                    "peer": peer,
+                    "peer_did": self.roster.parties[peer].did,
+                    "round": self.round,
+                    "path": link.path_info.get("path"),
+                    "local": _addr(link.get_extra_info("sockname")),
+                    "remote": _addr(link.get_extra_info("peername")),
+                    "suite": link.channel.suite.value,
+                    "messages": s.messages,
+                    "records": s.records,
+                    "payload_bytes": s.payload,
+                    "wire_bytes": s.wire,
+                    "records_in": s.records_in,
+                    "overhead_per_message": round(s.overhead_per_message, 2),
+                    "messages_per_record": round(s.messages_per_record, 2),
+                }
+            )
+        return out
+
+    def log_report(self) -> None:
+        rows = self.report()
+        for row in rows:
+            log.info(
+                f"didsession: link with {self.party_label(row['peer'])}: {row['path']}, "
+                f"{row['messages']} messages in {row['records']} records "
+                f"({row['messages_per_record']}/record), "
+                f"{row['overhead_per_message']} bytes of session overhead per message"
+            )
+        target = os.environ.get(REPORT_ENV)
+        if target and rows:
+            with contextlib.suppress(OSError), open(target, "a") as f:
+                for row in rows:
+                    f.write(json.dumps(row) + "\n")
+
+    def _program(self) -> Program:
+        import mpyc
+
+        rt = self.rt
+        opts = rt.options
+        name, digest = script_digest(self.plan.script)
+        return Program(
+            party=self.pid,
+            parties=len(rt.parties),
+            threshold=int(rt.threshold),
+            bit_length=int(opts.bit_length),
+            sec_param=int(opts.sec_param),
+            no_prss=bool(opts.no_prss),
+            mix32_64bit=bool(opts.mix32_64bit or os.getenv("MPYC_MIX32_64BIT") == "1"),
+            script_name=name,
+            script_sha256=digest,
+            args=None if self.plan.private_args else tuple(sys.argv[1:]),
+            roster=self.roster.fingerprint,
+            mpyc=str(mpyc.__version__),
+            session=PROTOCOL_VERSION,
+        )
+
+
+def _exit() -> None:
+    raise SystemExit(1)
+
+
+def _addr(addr: Any) -> str | None:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return format_addr((str(addr[0]), int(addr[1])))
+    return str(addr) if addr else None

@@ -1,0 +1,341 @@
+"""Real MPyC parties as separate processes on loopback: ``--didcomm`` against plain TCP.
+
+Every party is its own process (its own process group, killed at the end whatever
+happens), listening on ports found free just before, with a bounded wait.  The programs
+are in ``tests/mpyc_programs``; their output is deterministic, so a run over sessions must
+print exactly what the plain TCP run printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from didsession.identity import Identity, Store
+from mpyc_adapter.embedded import EmbeddedMediator, mediator_available, start_embedded_mediator
+from mpyc_adapter.launcher import free_ports
+from mpyc_adapter.roster import Party, Roster
+
+PROGRAMS = Path(__file__).parent / "mpyc_programs"
+PY = sys.executable
+RUN_TIMEOUT = 120.0
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Result:
+    code: int | None  # None: still running when the run ended (then killed)
+    out: str
+    err: str
+
+    @property
+    def lines(self) -> list[str]:
+        """What the program printed: stdout without MPyC's timestamped log lines."""
+        return [ln for ln in self.out.splitlines() if ln and not ln[:4].isdigit()]
+
+
+def run_parties(
+    cmds: Sequence[Sequence[str]],
+    tmp: Path,
+    *,
+    env: dict[str, str] | None = None,
+    homes: Sequence[Path | None] = (),
+    delays: dict[int, float] | None = None,
+    done: Callable[[list[subprocess.Popen[bytes]]], bool] | None = None,
+    timeout: float = RUN_TIMEOUT,
+) -> list[Result]:
+    """Run one process per command (highest party first, like MPyC) until all exit, or
+    until ``done(procs)``; then give the rest 2 s and kill them.  Output goes to files, so
+    nothing blocks on a full pipe."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen[bytes] | None] = [None] * len(cmds)
+    files = []
+    try:
+        order = sorted(range(len(cmds)), key=lambda i: (delays or {}).get(i, 0.0) * 1000 - i)
+        t0 = time.monotonic()
+        for i in order:
+            wait = (delays or {}).get(i, 0.0) - (time.monotonic() - t0)
+            if wait > 0:
+                time.sleep(wait)
+            out, err = tmp / f"p{i}.out", tmp / f"p{i}.err"
+            fo, fe = out.open("wb"), err.open("wb")
+            files += [fo, fe]
+            penv = dict(os.environ, **(env or {}))
+            home = homes[i] if i < len(homes) else None
+            if home is not None:
+                penv["DIDSESSION_HOME"] = str(home)
+            procs[i] = subprocess.Popen(
+                list(cmds[i]), stdout=fo, stderr=fe, env=penv, cwd=tmp, start_new_session=True
+            )
+        started = [p for p in procs if p is not None]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(p.poll() is not None for p in started) or (done and done(started)):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"parties still running after {timeout} s:\n{_tails(tmp, len(cmds))}")
+        grace = time.monotonic() + 2.0
+        while time.monotonic() < grace and any(p.poll() is None for p in started):
+            time.sleep(0.05)
+    finally:
+        for p in procs:
+            if p is not None and p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait(10)
+        for f in files:
+            f.close()
+    return [
+        Result(
+            p.returncode
+            if p is not None and p.returncode is not None and p.returncode >= 0
+            else None,
+            (tmp / f"p{i}.out").read_text(errors="replace"),
+            (tmp / f"p{i}.err").read_text(errors="replace"),
+        )
+        for i, p in enumerate(procs)
+    ]
+
+
+def _tails(tmp: Path, n: int) -> str:
+    out = []
+    for i in range(n):
+        for ext in ("out", "err"):
+            with contextlib.suppress(OSError):
+                text = (tmp / f"p{i}.{ext}").read_text(errors="replace")
+                out.append(f"--- party {i} {ext}:\n{text[-1500:]}")
+    return "\n".join(out)
+
+
+def ok(results: list[Result]) -> list[Result]:
+    for i, r in enumerate(results):
+        assert r.code == 0, f"party {i} exited {r.code}:\n{r.err[-3000:]}\n{r.out[-1500:]}"
+    return results
+
+
+def tcp(program: str, args: Sequence[str], n: int, tmp: Path) -> list[Result]:
+    addrs = [a for p in free_ports(n) for a in ("-P", f"127.0.0.1:{p}")]
+    cmds = [[PY, str(PROGRAMS / program), *args, *addrs, "-I", str(i)] for i in range(n)]
+    return ok(run_parties(cmds, tmp))
+
+
+@dataclass
+class Parties:
+    """Homes with one identity each, and rosters over them."""
+
+    root: Path
+    homes: list[Path]
+    identities: list[Identity]
+
+    def roster(
+        self, n: int, *, mediator: str | None = None, relay_only: bool = False, name: str = "r"
+    ) -> Path:
+        ports = free_ports(n)
+        roster = Roster(
+            tuple(
+                Party(self.identities[i].did, f"p{i}", ("127.0.0.1", ports[i])) for i in range(n)
+            ),
+            mediator=mediator,
+            relay_only=relay_only,
+        )
+        path = self.root / f"{name}-{ports[0]}.json"
+        roster.save(path)
+        return path
+
+    def didcomm(
+        self, program: str, args: Sequence[str], roster: Path, n: int, tmp: Path, **kw: object
+    ) -> list[Result]:
+        cmds = [[PY, str(PROGRAMS / program), *args, "--didcomm", str(roster)] for _ in range(n)]
+        return run_parties(cmds, tmp, homes=self.homes[:n], **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def parties(tmp_path_factory: pytest.TempPathFactory) -> Parties:
+    root = tmp_path_factory.mktemp("parties")
+    homes = [root / f"home{i}" for i in range(5)]
+    identities = [Store(h).create(f"p{i}") for i, h in enumerate(homes)]
+    return Parties(root, homes, identities)
+
+
+@pytest.fixture(scope="module")
+def mediator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedMediator]:
+    if not mediator_available():
+        pytest.skip("this installation has no mediator")
+    med = start_embedded_mediator(tmp_path_factory.mktemp("mediator") / "data")
+    try:
+        med.wait_ready()
+        yield med
+    finally:
+        med.stop()
+
+
+WORKLOAD = ("workload.py", ["1000", "6", "100000"])
+
+
+@pytest.fixture(scope="module")
+def tcp_workload(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    results = tcp(*WORKLOAD, 3, tmp_path_factory.mktemp("tcp"))
+    lines = results[0].lines
+    assert all(r.lines[:-1] == lines[:-1] for r in results)
+    return lines
+
+
+def check_workload(results: list[Result], expected: list[str], path: str) -> None:
+    ok(results)
+    for r in results:
+        # Identical output; the last line is the largest message (share sizes vary a bit).
+        assert r.lines[:-1] == expected[:-1]
+        assert int(r.lines[-1].split()[-1]) > 1_000_000
+        # Three start()s: every link set up three times, each over the expected path.
+        assert r.out.count("didsession: link with party") >= 2 * 3 * 2
+        assert f": {path}" in r.out
+
+
+def test_workload_over_direct_sessions_matches_tcp(
+    parties: Parties, tcp_workload: list[str], tmp_path: Path
+) -> None:
+    """Thousands of scalar operations, mpc.np_*, >1 MB messages, start/shutdown 3 times."""
+    results = parties.didcomm(*WORKLOAD, parties.roster(3), 3, tmp_path)
+    check_workload(results, tcp_workload, "direct")
+
+
+def test_workload_over_the_relay_matches_tcp(
+    parties: Parties, tcp_workload: list[str], mediator: EmbeddedMediator, tmp_path: Path
+) -> None:
+    roster = parties.roster(3, mediator=mediator.url, relay_only=True)
+    results = parties.didcomm(*WORKLOAD, roster, 3, tmp_path)
+    check_workload(results, tcp_workload, "relay")
+
+
+def test_five_parties_with_mixed_paths(
+    parties: Parties, mediator: EmbeddedMediator, tmp_path: Path
+) -> None:
+    """Five parties; party 4 has no address, so the links to it go through the relay."""
+    expected = tcp("arrays.py", ["5"], 5, tmp_path / "tcp")[0].lines
+    path = parties.roster(5, mediator=mediator.url)
+    roster = Roster.from_json(json.loads(path.read_text()))
+    last = roster.parties[4]
+    Roster((*roster.parties[:4], Party(last.did, last.label)), mediator=mediator.url).save(path)
+    results = ok(parties.didcomm("arrays.py", ["5"], path, 5, tmp_path))
+    assert all(r.lines == expected for r in results)
+    assert "link with party 4 (p4): relay" in results[0].out
+    assert "link with party 1 (p1): direct" in results[0].out
+    assert "link with party 3 (p3): relay" in results[4].out
+
+
+def test_an_unreachable_address_falls_back_to_the_relay(
+    parties: Parties, mediator: EmbeddedMediator, tmp_path: Path
+) -> None:
+    """Party 2's roster address does not answer (TEST-NET-1): the others use the relay."""
+    path = parties.roster(3, mediator=mediator.url)
+    roster = Roster.from_json(json.loads(path.read_text()))
+    port = roster.parties[2].addr[1]  # type: ignore[index]
+    unreachable = Party(roster.parties[2].did, "p2", ("192.0.2.1", port))
+    Roster((*roster.parties[:2], unreachable), mediator=mediator.url).save(path)
+    results = ok(parties.didcomm("sums.py", ["20"], path, 3, tmp_path))
+    assert len({tuple(r.lines) for r in results}) == 1
+    assert "no direct path to party 2 (p2) at 192.0.2.1" in results[0].out
+    assert "link with party 2 (p2): relay" in results[0].out
+    assert "link with party 1 (p1): direct" in results[0].out
+
+
+def test_a_party_joining_late(parties: Parties, tmp_path: Path) -> None:
+    """Party 2 starts 3 s after the others; they wait for it (MPyC retries every 0.1 s)."""
+    expected = tcp("sums.py", ["50"], 3, tmp_path / "tcp")[0].lines
+    roster = parties.roster(3)
+    results = ok(parties.didcomm("sums.py", ["50"], roster, 3, tmp_path, delays={2: 3.0}))
+    assert all(r.lines == expected for r in results)
+
+
+def test_a_wrong_did_is_refused(parties: Parties, tmp_path: Path) -> None:
+    """Party 1 is run by an identity outside the roster (with a roster of its own naming
+    it): the honest parties refuse its sessions, and it stops with a clear error."""
+    roster = parties.roster(3)
+    doc = json.loads(roster.read_text())
+    doc["parties"][1]["did"] = parties.identities[3].did  # the impostor's own roster
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(doc))
+    cmds = [
+        [PY, str(PROGRAMS / "sums.py"), "20", "--didcomm", str(path)]
+        for path in (roster, forged, roster)
+    ]
+    homes = [parties.homes[0], parties.homes[3], parties.homes[2]]
+    results = run_parties(
+        cmds, tmp_path, homes=homes, done=lambda ps: ps[1].poll() is not None, timeout=60
+    )
+    impostor = results[1]
+    assert impostor.code == 1
+    assert "didsession: error: party 1: party 2 (p2) refused the session" in impostor.err
+    assert "refused a session from did:peer:2." in results[2].out
+    assert "not a party of the roster" in results[2].out
+    # The honest parties computed nothing and were still waiting for the real party 1.
+    assert results[0].lines == [] and results[2].lines == []
+
+
+def test_a_program_mismatch_stops_every_party(parties: Parties, tmp_path: Path) -> None:
+    roster = parties.roster(3)
+    cmds = [
+        [PY, str(PROGRAMS / "sums.py"), "20", "--didcomm", str(roster)],
+        [PY, str(PROGRAMS / "sums.py"), "20", "--didcomm", str(roster)],
+        [PY, str(PROGRAMS / "sums.py"), "21", "--didcomm", str(roster), "-L", "64"],
+    ]
+    results = run_parties(cmds, tmp_path, homes=parties.homes[:3], timeout=60)
+    for i, r in enumerate(results):
+        assert r.code == 1, f"party {i}: {r.err}"
+        assert r.lines == []  # nothing computed, nothing printed
+        assert "runs a different program" in r.err
+    assert "bit length -L (64 here, 32 there)" in results[2].err
+    assert "program arguments (21 here, 20 there)" in results[2].err
+    # Party 0 or 1 may have heard it from another party first; either way it says what.
+    for r in results[:2]:
+        assert "bit length -L" in r.err and "program arguments" in r.err
+
+
+def test_local_mode_and_module_entry(tmp_path: Path) -> None:
+    """``prog.py -M3 --didcomm`` and ``python -m mpyc_adapter prog.py ...`` work like -M3."""
+    prog = str(PROGRAMS / "sums.py")
+    plain = subprocess.run(
+        [PY, prog, "-M3", "--no-log", "40"], capture_output=True, timeout=RUN_TIMEOUT, cwd=tmp_path
+    )
+    assert plain.returncode == 0, plain.stderr
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    for cmd in (
+        [PY, prog, "-M3", "--didcomm", "40"],
+        [PY, "-m", "mpyc_adapter", prog, "40", "-M3", "--didcomm"],
+    ):
+        run = subprocess.run(cmd, capture_output=True, timeout=RUN_TIMEOUT, cwd=tmp_path, env=env)
+        assert run.returncode == 0, run.stderr.decode()
+        out = run.stdout.decode()
+        printed = [ln for ln in out.splitlines() if not ln[:4].isdigit()]
+        assert printed == plain.stdout.decode().splitlines()
+        assert "didsession: link with party 2 (party2): direct" in out
+    # The throw-away identities and roster are gone.
+    assert not list(tmp_path.glob("didsession-mpyc-*"))
+
+
+def test_help_lists_didcomm_and_bad_options_fail_early(tmp_path: Path) -> None:
+    prog = str(PROGRAMS / "sums.py")
+    help_ = subprocess.run([PY, prog, "-H"], capture_output=True, timeout=60)
+    assert help_.returncode == 0 and b"--didcomm [roster]" in help_.stdout
+    for args, message in (
+        (["--didcomm", "missing.json"], "cannot read roster"),
+        (["--didcomm"], "or -M m to run m local parties"),
+        (["--didcomm", "r.json", "--ssl"], "exclude each other"),
+        (["-M3", "-I", "1", "--didcomm"], "starts all m parties itself"),
+    ):
+        run = subprocess.run([PY, prog, *args], capture_output=True, timeout=60, cwd=tmp_path)
+        assert run.returncode == 1, args
+        assert (
+            run.stderr.decode().startswith("didsession: error: ") and message in run.stderr.decode()
+        )
