@@ -31,6 +31,14 @@ four (IP, port) combinations of the primary and alternate address, and ``handle`
 answers it with 420.  Everything that is not a request, or not STUN, is dropped and counted; so
 is everything above a per-source token-bucket rate.
 
+Server hot path.  Most traffic is plain Binding requests (magic cookie; SOFTWARE, FINGERPRINT
+and attributes the server ignores), so ``respond`` first tries ``_plain_binding``: the checks
+:func:`pull_message` makes, made in place on the bytes, and a response built from a template per
+local address (header, RESPONSE-ORIGIN, OTHER-ADDRESS, SOFTWARE encoded once) with only
+XOR-MAPPED-ADDRESS and FINGERPRINT computed.  Source addresses are parsed once and remembered
+(bounded), instead of through :mod:`ipaddress` per request.  Anything else, including anything
+the hot path finds wrong, takes the general path; tests hold both to the same bytes and counters.
+
 Client.  :func:`binding_request` and :func:`parse_binding_response` are the two halves of one
 Binding transaction; :func:`classify_mapping` turns the mapped addresses of the RFC 5780 §4.3
 tests into a :class:`MappingBehavior`.
@@ -134,6 +142,11 @@ _MAX_TEXT_CHARS: Final = 127
 
 _IPV4: Final = 0x01
 _IPV6: Final = 0x02
+
+# Precompiled wire structures (RFC 8489 §5, §14), shared by the codecs and the server's hot path.
+_HEADER: Final = struct.Struct("!HHI")  # message type, length, magic cookie
+_ATTR_HEADER: Final = struct.Struct("!HH")  # attribute type, value length
+_U32: Final = struct.Struct("!I")
 
 
 class MessageClass(enum.IntEnum):
@@ -599,7 +612,7 @@ def push_attribute(attr: Attribute, transaction_id: bytes) -> bytes:
         LocalProtocolError: the attribute's value cannot be encoded.
     """
     value = _attribute_value(attr, transaction_id)
-    return struct.pack("!HH", attr.type, len(value)) + value + bytes(-len(value) % 4)
+    return _ATTR_HEADER.pack(attr.type, len(value)) + value + bytes(-len(value) % 4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -706,7 +719,7 @@ def pull_message(data: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> Message:
         raise StunParseError(f"STUN message is {size} bytes, shorter than the 20-byte header")
     if size > max_size:
         raise StunParseError(f"STUN message is {size} bytes, more than the {max_size} accepted")
-    message_type, length, cookie = struct.unpack_from("!HHI", data)
+    message_type, length, cookie = _HEADER.unpack_from(data)
     if message_type & 0xC000:
         raise StunParseError("not a STUN message: the top two bits of the header are not zero")
     if length % 4:
@@ -725,7 +738,7 @@ def pull_message(data: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> Message:
             raise StunParseError("STUN FINGERPRINT is not the last attribute")
         if size - pos < 4:
             raise StunParseError("STUN attribute header is cut short")
-        attr_type, attr_length = struct.unpack_from("!HH", data, pos)
+        attr_type, attr_length = _ATTR_HEADER.unpack_from(data, pos)
         start = pos + 4
         end = start + attr_length + (-attr_length % 4)
         if end > size:
@@ -881,14 +894,18 @@ class StunStreamReader:
 # --------------------------------------------------------------------------------------------
 
 
+def _canonical_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    ip = _ip(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped  # dual-stack socket: the peer is an IPv4 host
+    return ip
+
+
 def _canonical(address: Address) -> Address:
     """Normalize an address: canonical IP text, IPv4-mapped IPv6 (dual-stack sockets) as IPv4."""
     host, port = address
     _check_port(port)
-    ip = _ip(host)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped), port
-    return str(ip), port
+    return str(_canonical_ip(host)), port
 
 
 @dataclass(frozen=True, slots=True)
@@ -918,21 +935,31 @@ class TokenBucketLimiter:
 
     def __init__(self, limit: RateLimit) -> None:
         self._limit = limit
-        self._buckets: OrderedDict[object, tuple[float, float]] = OrderedDict()
+        self._rate, self._burst, self._max_sources = limit.rate, limit.burst, limit.max_sources
+        # key -> [tokens, time of the last refill], least recently seen first.  Updated in
+        # place: this runs for every request.
+        self._buckets: OrderedDict[object, list[float]] = OrderedDict()
 
     def allow(self, key: object, now: float) -> bool:
         """Take one token from ``key``'s bucket; False when it is empty."""
-        limit = self._limit
-        tokens, last = self._buckets.pop(key, (limit.burst, now))
-        # A clock that steps back refills nothing rather than draining the bucket.
-        tokens = min(limit.burst, tokens + max(0.0, now - last) * limit.rate)
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
-        self._buckets[key] = (tokens, max(now, last))
-        while len(self._buckets) > limit.max_sources:
-            self._buckets.popitem(last=False)
-        return allowed
+        buckets = self._buckets
+        bucket = buckets.get(key)
+        if bucket is None:
+            bucket = buckets[key] = [self._burst, now]
+            if len(buckets) > self._max_sources:
+                buckets.popitem(last=False)
+        else:
+            buckets.move_to_end(key)
+            elapsed = now - bucket[1]
+            # A clock that steps back refills nothing rather than draining the bucket.
+            if elapsed > 0.0:
+                tokens = bucket[0] + elapsed * self._rate
+                bucket[0] = tokens if tokens < self._burst else self._burst
+                bucket[1] = now
+        if bucket[0] >= 1.0:
+            bucket[0] -= 1.0
+            return True
+        return False
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -1026,7 +1053,31 @@ _SERVER_IGNORES: Final = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+# The server's hot path (StunServer._plain_binding) works on plain ints and precompiled structs.
+# A source host: canonical text, IPv4 or not, the address as an int.
+_Host = tuple[str, bool, int]
+# A plain Binding success response around XOR-MAPPED-ADDRESS: header for an IPv4 and for an IPv6
+# mapped address, the constant attributes after it, and whether FINGERPRINT ends it.
+_Template = tuple[bytes, bytes, bytes, bool]
+_MEMO_SIZE: Final = 4096
+_BINDING_REQUEST: Final = 0x0001
+_BINDING_SUCCESS: Final = 0x0101
+_XOR_MAPPED_ADDRESS: Final = int(AttributeType.XOR_MAPPED_ADDRESS)
+_SOFTWARE: Final = int(AttributeType.SOFTWARE)
+_FINGERPRINT: Final = int(AttributeType.FINGERPRINT)
+_COOKIE_HIGH: Final = MAGIC_COOKIE >> 16
+_XOR_V4: Final = struct.Struct("!HHxBHI")  # type, length, reserved, family, port, address
+_XOR_V6_HEAD: Final = struct.Struct("!HHxBH")  # the same up to the 16-byte address
+_XOR_V4_SIZE: Final = _XOR_V4.size
+_XOR_V6_SIZE: Final = _XOR_V6_HEAD.size + 16
+_FINGERPRINT_ATTR: Final = struct.Struct("!HHI")
+# Types the hot path defers: those with a codec (their value must be checked) except the two it
+# checks itself, and nothing it would have to list in a 420 (see _SERVER_IGNORES).
+_CODEC_TYPES: Final = frozenset(int(t) for t in _CODECS) - {_SOFTWARE, _FINGERPRINT}
+_IGNORED_TYPES: Final = frozenset(int(t) for t in _SERVER_IGNORES)
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class StunReply:
     """A response and the local address to send it from; the destination is always the source.
 
@@ -1039,6 +1090,16 @@ class StunReply:
 
     data: bytes
     origin: Address | None
+
+    def __init__(self, data: bytes, origin: Address | None) -> None:
+        # One per answered datagram: filling the slots directly costs half of what the frozen
+        # dataclass __init__ (object.__setattr__ per field) does.
+        _set_reply_data(self, data)
+        _set_reply_origin(self, origin)
+
+
+_set_reply_data: Final = StunReply.__dict__["data"].__set__
+_set_reply_origin: Final = StunReply.__dict__["origin"].__set__
 
 
 class StunServer:
@@ -1057,6 +1118,11 @@ class StunServer:
         self.config = config if config is not None else StunServerConfig()
         limit = self.config.rate_limit
         self._limiter = TokenBucketLimiter(limit) if limit is not None else None
+        self._limit_per_port = limit is not None and limit.per_port
+        # Hot-path memos, bounded (cleared when full): source IP text -> its canonical form,
+        # and local address -> the response template of a plain Binding request.
+        self._hosts: dict[str, _Host] = {}
+        self._templates: dict[Address | None, _Template] = {}
         self._responses = 0
         self._errors = 0
         self._indications = 0
@@ -1119,18 +1185,31 @@ class StunServer:
         Returns:
             The reply for ``source``, or None (dropped and counted).  Never raises.
         """
+        host, port = source
         try:
-            peer = _canonical(source)
-            here = _canonical(local) if local is not None else self.config.local_address
+            _check_port(port)
+            peer_host = self._hosts.get(host) if type(host) is str else None
+            if peer_host is None:
+                peer_host = self._learn_host(host)
+            if local is None:
+                here = self.config.local_address
+            else:
+                local_host, local_port = local
+                _check_port(local_port)
+                here = (self._learn_host(local_host)[0], local_port)
         except LocalProtocolError:
             self._dropped_malformed += 1
             return None
-        limit = self.config.rate_limit
-        if self._limiter is not None and limit is not None:
-            key: object = peer if limit.per_port else peer[0]
+        if self._limiter is not None:
+            key: object = (peer_host[0], port) if self._limit_per_port else peer_host[0]
             if not self._limiter.allow(key, now):
                 self._dropped_rate_limited += 1
                 return None
+        answer = self._plain_binding(data, peer_host, port, here)
+        if answer is not None:
+            self._responses += 1
+            return StunReply(answer, here)
+        peer = (peer_host[0], port)
         try:
             request = pull_message(data)
         except StunParseError:
@@ -1162,6 +1241,119 @@ class StunServer:
         if unknown:
             return self._error(request, here, 420, "Unknown Attribute", UnknownAttributes(unknown))
         return self._success(request, peer, here, origin)
+
+    def _learn_host(self, host: str) -> _Host:
+        """The canonical form of a source IP, parsed once and remembered (bounded)."""
+        cached = self._hosts.get(host) if type(host) is str else None
+        if cached is not None:
+            return cached
+        ip = _canonical_ip(host)
+        entry = (str(ip), ip.version == 4, int(ip))
+        if type(host) is str:
+            if len(self._hosts) >= _MEMO_SIZE:
+                self._hosts.clear()
+            self._hosts[host] = entry
+        return entry
+
+    def _template(self, here: Address | None) -> _Template:
+        """Header and constant attributes of a plain Binding success response received on
+        ``here``: the generic encoder's output around XOR-MAPPED-ADDRESS, computed once."""
+        template = self._templates.get(here)
+        if template is not None:
+            return template
+        cfg = self.config
+        other = self._other_of(here)
+        constant: list[Attribute] = []
+        if here is not None:
+            constant.append(ResponseOrigin(here))
+        if other is not None:
+            constant.append(OtherAddress(other))
+        if cfg.software is not None:
+            constant.append(Software(cfg.software))
+        tail = b"".join(push_attribute(a, bytes(12)) for a in constant)
+        extra = len(tail) + (8 if cfg.fingerprint else 0)
+        template = (
+            _HEADER.pack(_BINDING_SUCCESS, _XOR_V4_SIZE + extra, MAGIC_COOKIE),
+            _HEADER.pack(_BINDING_SUCCESS, _XOR_V6_SIZE + extra, MAGIC_COOKIE),
+            tail,
+            cfg.fingerprint,
+        )
+        if len(self._templates) >= _MEMO_SIZE:
+            self._templates.clear()
+        self._templates[here] = template
+        return template
+
+    def _plain_binding(
+        self, data: bytes, peer: _Host, port: int, here: Address | None
+    ) -> bytes | None:
+        """The success response to a plain RFC 8489 Binding request, or None to defer.
+
+        "Plain": magic cookie, and attributes that need no answer of their own (SOFTWARE,
+        FINGERPRINT, ignored or comprehension-optional ones).  Every check :func:`pull_message`
+        makes is made here too; whatever fails one, or is anything else (RFC 3489, other
+        methods or classes, CHANGE-REQUEST, attributes earning a 420, attributes with their own
+        codec), returns None and takes the generic path, which drops, counts or answers it.
+        The response is the generic encoder's (a test compares them byte for byte), built from
+        :meth:`_template` with only XOR-MAPPED-ADDRESS and FINGERPRINT computed.
+        """
+        size = len(data)
+        if size < HEADER_LENGTH or size > MAX_MESSAGE_SIZE:
+            return None
+        message_type, length, cookie = _HEADER.unpack_from(data)
+        if (
+            message_type != _BINDING_REQUEST
+            or cookie != MAGIC_COOKIE
+            or length & 3
+            or length != size - HEADER_LENGTH
+        ):
+            return None
+        pos = HEADER_LENGTH
+        while pos < size:
+            if size - pos < 4:
+                return None
+            attr_type, attr_length = _ATTR_HEADER.unpack_from(data, pos)
+            start = pos + 4
+            end = start + attr_length + (-attr_length & 3)
+            if end > size:
+                return None
+            if attr_type == _FINGERPRINT:
+                # RFC 8489 §14.7: last, and over everything before it; the header's length
+                # already covers it because it is last.
+                if attr_length != 4 or end != size:
+                    return None
+                if _U32.unpack_from(data, start)[0] != zlib.crc32(data[:pos]) ^ FINGERPRINT_XOR:
+                    return None
+            elif attr_type == _SOFTWARE:
+                if attr_length > _MAX_TEXT_BYTES:
+                    return None
+                try:
+                    data[start : start + attr_length].decode("utf-8")
+                except UnicodeDecodeError:
+                    return None
+            elif attr_type in _CODEC_TYPES or (
+                attr_type < 0x8000 and attr_type not in _IGNORED_TYPES
+            ):
+                return None
+            pos = end
+        template = self._templates.get(here)
+        if template is None:
+            template = self._template(here)
+        head_v4, head_v6, tail, fingerprint = template
+        _, is_v4, ip = peer
+        transaction_id = data[8:20]
+        if is_v4:
+            xor_address = _XOR_V4.pack(
+                _XOR_MAPPED_ADDRESS, 8, _IPV4, port ^ _COOKIE_HIGH, ip ^ MAGIC_COOKIE
+            )
+            out = head_v4 + transaction_id + xor_address + tail
+        else:
+            # RFC 8489 §14.2: an IPv6 address is XORed with the cookie and the transaction id.
+            xored = ip ^ int.from_bytes(data[4:20], "big")
+            xor_head = _XOR_V6_HEAD.pack(_XOR_MAPPED_ADDRESS, 20, _IPV6, port ^ _COOKIE_HIGH)
+            out = head_v6 + transaction_id + xor_head + xored.to_bytes(16, "big") + tail
+        if fingerprint:
+            out += _FINGERPRINT_ATTR.pack(_FINGERPRINT, 4, zlib.crc32(out) ^ FINGERPRINT_XOR)
+        return out
 
     def _other_of(self, here: Address | None) -> Address | None:
         """OTHER-ADDRESS for a request received on ``here`` (RFC 5780 §7.4): the address that

@@ -2,9 +2,17 @@
 
 :func:`stun_binding` runs one Binding transaction over UDP (RFC 8489 §6.2.1 retransmissions) or
 TCP (§6.2.2).  :func:`serve_stun` runs a :class:`~didsession.stun.StunServer` (or anything with
-its ``handle`` method) on a UDP socket and a TCP listener on the same port.  UDP input goes
-through a bounded queue that drops when full, so a flood costs memory proportional to the
-queue, not to the flood.  All protocol decisions are in the core; this file only moves bytes.
+its ``handle`` method) on a UDP socket and a TCP listener on the same port.  All protocol
+decisions are in the core; this file only moves bytes.
+
+UDP input.  A datagram is answered in ``datagram_received`` itself, which saves a queue hop and
+a task switch per datagram.  A service answers at most :data:`UDP_ANSWERS_PER_ITERATION`
+datagrams per event-loop iteration; past that budget input goes through a bounded queue that
+drops when full, drained by a worker task under the same budget.  So a flood costs memory
+proportional to the queue, not to the flood, and other tasks run between every budget's worth
+of answers.  (Answers may overtake queued requests; UDP promises no order.)  Where the loop can
+watch a socket (any loop but Windows' proactor), the sockets are read and written directly
+(:class:`_SocketDatagramTransport`) rather than through the loop's datagram transport.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ import contextlib
 import errno
 import functools
 import ipaddress
+import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -31,6 +41,21 @@ __all__ = ["StunHandler", "StunService", "serve_stun", "stun_binding"]
 
 # RFC 8489 §6.2.1: Rm, the final wait after the last retransmission, in units of the initial RTO.
 _RM = 16
+
+#: UDP datagrams a :func:`serve_stun` service answers per event-loop iteration, all its sockets
+#: together; more wait in its bounded queue.  A readable UDP socket delivers up to 32 datagrams
+#: per iteration (libuv, so uvloop), so one busy socket is answered inline.
+UDP_ANSWERS_PER_ITERATION = 64
+
+#: Kernel receive and send buffer asked for each UDP socket of :func:`serve_stun`: 2 MiB, as
+#: coturn sizes its listeners (``UR_SERVER_SOCK_BUF_SIZE``).  The default (about 200 KiB, a
+#: few hundred datagrams at the kernel's accounting) overflows under a burst that the server
+#: would answer a moment later.
+UDP_SOCKET_BUFFER = 2 * 1024 * 1024
+
+# Datagrams read per readable event and socket, as libuv does; the largest UDP payload.
+_READS_PER_WAKEUP = 32
+_MAX_DATAGRAM = 65535
 
 
 def _timeout_error(host: str, port: int, transport: str, timeout: float) -> DidSessionError:
@@ -187,7 +212,8 @@ class StunService:
     """A running :func:`serve_stun`.  Close it with :meth:`close` or ``async with``.
 
     ``udp_addresses`` / ``tcp_addresses``: bound addresses, primary first.  Counters:
-    ``queue_drops`` (UDP input dropped, queue full), ``origin_drops`` (the core asked to answer
+    ``queue_drops`` (UDP input dropped, queue full), ``send_drops`` (UDP responses dropped, the
+    kernel's send buffer full), ``origin_drops`` (the core asked to answer
     from an address not served here), ``tcp_rejected`` (over the connection limit),
     ``tcp_framing_errors`` (connections closed for non-STUN bytes), ``handler_errors`` (the
     core raised; a :class:`~didsession.stun.StunServer` never does).
@@ -196,6 +222,7 @@ class StunService:
     udp_addresses: list[Address] = field(default_factory=list)
     tcp_addresses: list[Address] = field(default_factory=list)
     queue_drops: int = 0
+    send_drops: int = 0
     origin_drops: int = 0
     tcp_rejected: int = 0
     tcp_framing_errors: int = 0
@@ -238,52 +265,122 @@ class StunService:
         await self.close()
 
 
-# A queued datagram: bytes, source, and the local address it arrived on (None: single socket).
-_Datagram = tuple[bytes, Address, Address | None]
+# A datagram waiting for the worker: bytes, the source as the socket reported it, and the local
+# address it arrived on (None: single socket).
+_Datagram = tuple[bytes, Any, Address | None]
+
+
+class _UdpResponder:
+    """Answers datagrams: the core decides, each answer goes back to its source only.
+
+    Shared by every UDP socket of a service and its worker; it also keeps the service's budget
+    of answers for the current event-loop iteration.
+    """
+
+    __slots__ = ("_core", "_loop", "_rfc5780", "_service", "_sockets", "_spent")
+
+    def __init__(
+        self,
+        service: StunService,
+        core: StunHandler,
+        sockets: dict[Address | None, asyncio.DatagramTransport],
+        rfc5780: bool,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._service = service
+        self._core = core
+        self._sockets = sockets
+        self._rfc5780 = rfc5780
+        self._loop = loop
+        self._spent = 0  # answers in this loop iteration
+
+    def take_turns(self, wanted: int) -> int:
+        """Count up to ``wanted`` answers against this iteration's budget; how many it allows."""
+        spent = self._spent
+        granted = min(wanted, UDP_ANSWERS_PER_ITERATION - spent)
+        if granted <= 0:
+            return 0
+        if not spent:
+            self._loop.call_soon(self._new_iteration)
+        self._spent = spent + granted
+        return granted
+
+    def _new_iteration(self) -> None:
+        self._spent = 0
+
+    def answer(self, datagrams: Sequence[tuple[bytes, Any]], local: Address | None) -> None:
+        """Answer ``datagrams`` (bytes, source) that arrived on ``local``.  One loop over a
+        batch: this is the per-datagram cost of the server besides the core."""
+        service, sockets, rfc5780 = self._service, self._sockets, self._rfc5780
+        respond = self._core.respond
+        now = self._loop.time()  # one reading per batch: read in one loop iteration
+        for data, addr in datagrams:
+            source: Address = addr if len(addr) == 2 else (addr[0], addr[1])  # IPv6: 4-tuple
+            try:
+                reply = respond(data, source, now, local=local, can_change_origin=rfc5780)
+            except Exception:
+                service.handler_errors += 1  # a broken handler must not stop the server
+                continue
+            if reply is None:
+                continue
+            # The destination is always the source; only the socket it leaves from may change.
+            origin = local if reply.origin is None or not rfc5780 else reply.origin
+            transport = sockets.get(origin)
+            if transport is None:
+                service.origin_drops += 1
+                continue
+            transport.sendto(reply.data, addr)
 
 
 class _ServerDatagramProtocol(asyncio.DatagramProtocol):
+    """One UDP socket of a service.  Without a responder it only feeds the queue."""
+
     def __init__(
-        self, service: StunService, queue: asyncio.Queue[_Datagram], local: Address | None
+        self,
+        service: StunService,
+        queue: asyncio.Queue[_Datagram],
+        local: Address | None,
+        responder: _UdpResponder | None = None,
     ) -> None:
         self._service = service
         self._queue = queue
         self._local = local
+        self._responder = responder
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        try:
-            self._queue.put_nowait((data, (str(addr[0]), int(addr[1])), self._local))
-        except asyncio.QueueFull:
-            self._service.queue_drops += 1
+        self.datagrams_received([(data, addr)])
+
+    def datagrams_received(self, datagrams: list[tuple[bytes, Any]]) -> None:
+        """Datagrams read together (:class:`_SocketDatagramTransport` reads several at once):
+        answered now within the budget, queued beyond it, dropped when the queue is full."""
+        responder = self._responder
+        inline = 0
+        if responder is not None:
+            inline = responder.take_turns(len(datagrams))
+            if inline:
+                responder.answer(
+                    datagrams if inline == len(datagrams) else datagrams[:inline], self._local
+                )
+        if inline < len(datagrams):
+            for data, addr in datagrams[inline:]:
+                try:
+                    self._queue.put_nowait((data, addr, self._local))
+                except asyncio.QueueFull:
+                    self._service.queue_drops += 1
 
     def error_received(self, exc: Exception) -> None:
         pass  # ICMP from a client that went away; nothing to do
 
+    def send_dropped(self) -> None:
+        self._service.send_drops += 1
 
-async def _udp_worker(
-    service: StunService,
-    core: StunHandler,
-    queue: asyncio.Queue[_Datagram],
-    sockets: dict[Address | None, asyncio.DatagramTransport],
-    rfc5780: bool,
-) -> None:
-    loop = asyncio.get_running_loop()
+
+async def _udp_worker(queue: asyncio.Queue[_Datagram], responder: _UdpResponder) -> None:
     while True:
-        data, source, local = await queue.get()
-        try:
-            reply = core.respond(data, source, loop.time(), local=local, can_change_origin=rfc5780)
-        except Exception:
-            service.handler_errors += 1  # a broken handler must not stop the server
-            continue
-        if reply is None:
-            continue
-        # The destination is always the source; only the socket it leaves from may change.
-        origin = local if reply.origin is None or not rfc5780 else reply.origin
-        transport = sockets.get(origin)
-        if transport is None:
-            service.origin_drops += 1
-            continue
-        transport.sendto(reply.data, source)
+        data, addr, local = await queue.get()
+        while not responder.take_turns(1):
+            await asyncio.sleep(0)  # this iteration's budget is spent: let other tasks run
+        responder.answer(((data, addr),), local)
 
 
 async def serve_stun(
@@ -382,6 +479,7 @@ async def _start(
 ) -> None:
     queue: asyncio.Queue[_Datagram] = asyncio.Queue(maxsize=queue_size)
     sockets: dict[Address | None, asyncio.DatagramTransport] = {}
+    responder = _UdpResponder(service, core, sockets, rfc5780, loop)
     connections: set[asyncio.Task[None]] = set()
 
     async def on_connection(
@@ -405,9 +503,8 @@ async def _start(
     for host, port in addresses:
         local = _canonical_local(host, port) if rfc5780 else None
         if udp:
-            transport, _ = await loop.create_datagram_endpoint(
-                functools.partial(_ServerDatagramProtocol, service, queue, local),
-                local_addr=(host, port),
+            transport = await _open_udp(
+                loop, host, port, _ServerDatagramProtocol(service, queue, local, responder)
             )
             service._closers.append(transport)
             sockname = transport.get_extra_info("sockname")
@@ -422,7 +519,122 @@ async def _start(
             sockname = server.sockets[0].getsockname()
             service.tcp_addresses.append((sockname[0], sockname[1]))
     if udp:
-        service._tasks.add(loop.create_task(_udp_worker(service, core, queue, sockets, rfc5780)))
+        service._tasks.add(loop.create_task(_udp_worker(queue, responder)))
+
+
+async def _open_udp(
+    loop: asyncio.AbstractEventLoop, host: str, port: int, protocol: _ServerDatagramProtocol
+) -> asyncio.DatagramTransport:
+    """A UDP socket bound to (``host``, ``port``) feeding ``protocol``: a
+    :class:`_SocketDatagramTransport` where the loop can watch a socket, else the loop's own
+    datagram transport (Windows' proactor loop)."""
+    infos = await loop.getaddrinfo(
+        host, port, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP, flags=socket.AI_PASSIVE
+    )
+    error: OSError = OSError(f"no address to bind for {host!r}")
+    for family, kind, proto, _, address in infos:  # the first that binds, as asyncio does
+        sock = socket.socket(family, kind, proto)
+        try:
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, option, UDP_SOCKET_BUFFER)
+            sock.bind(address)
+            sock.setblocking(False)
+            try:
+                return _SocketDatagramTransport(loop, sock, protocol)
+            except NotImplementedError:  # the loop cannot watch sockets
+                transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
+                return transport
+        except OSError as exc:
+            sock.close()
+            error = exc
+        except BaseException:
+            sock.close()
+            raise
+    raise error
+
+
+class _SocketDatagramTransport(asyncio.DatagramTransport):
+    """The least a UDP server socket needs, watched with ``loop.add_reader``.
+
+    Per datagram this does one ``recvfrom`` and one ``sendto``, where a loop's datagram
+    transport adds a context switch, an address cache and write-buffer bookkeeping.  A readable
+    event reads up to :data:`_READS_PER_WAKEUP` datagrams and hands them to the protocol in one
+    call; the answers given meanwhile leave together when it returns, so a client wakes once
+    per batch rather than once per answer (a wake-up the sender's ``sendto`` pays for).  There
+    is no write buffer: an answer that finds the kernel's send buffer full is dropped and
+    counted (the service's ``send_drops``), as UDP may.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol: _ServerDatagramProtocol,
+    ) -> None:
+        super().__init__({"socket": sock, "sockname": sock.getsockname()})
+        self._loop = loop
+        self._sock = sock
+        self._protocol = protocol
+        self._closing = False
+        self._held: list[tuple[Any, Any]] | None = None  # answers held while a batch is handled
+        loop.add_reader(sock.fileno(), self._read_ready)  # NotImplementedError: no selector
+        protocol.connection_made(self)
+
+    def _read_ready(self) -> None:
+        recvfrom = self._sock.recvfrom
+        datagrams: list[tuple[bytes, Any]] = []
+        for _ in range(_READS_PER_WAKEUP):
+            try:
+                datagrams.append(recvfrom(_MAX_DATAGRAM))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._protocol.error_received(exc)
+                break
+        if not datagrams:
+            return
+        held: list[tuple[Any, Any]] = []
+        self._held = held
+        try:
+            self._protocol.datagrams_received(datagrams)
+        finally:
+            self._held = None
+            if held:
+                self._send_all(held)
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        held = self._held
+        if held is not None:
+            held.append((data, addr))
+        else:
+            self._send_all(((data, addr),))
+
+    def _send_all(self, answers: Sequence[tuple[Any, Any]]) -> None:
+        if self._closing:
+            return
+        protocol, sendto = self._protocol, self._sock.sendto
+        for data, addr in answers:
+            try:
+                sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                protocol.send_dropped()
+            except OSError as exc:
+                protocol.error_received(exc)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        self._loop.call_soon(self._protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
 
 
 def _canonical_local(host: str, port: int) -> Address:

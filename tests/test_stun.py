@@ -58,7 +58,16 @@ from didsession.stun import (
     push_message,
     split_stream,
 )
-from didsession.stun_asyncio import StunService, _ServerDatagramProtocol, serve_stun, stun_binding
+from didsession.stun_asyncio import (
+    UDP_ANSWERS_PER_ITERATION,
+    StunService,
+    _ServerDatagramProtocol,
+    _SocketDatagramTransport,
+    _udp_worker,
+    _UdpResponder,
+    serve_stun,
+    stun_binding,
+)
 
 # --------------------------------------------------------------------------------------------
 # RFC 5769 test vectors (§2.1 request, §2.2 IPv4 response, §2.3 IPv6 response), from the RFC.
@@ -659,6 +668,161 @@ def test_rate_limit_per_port_and_bounded_memory() -> None:
         RateLimit(burst=0.5)
 
 
+# --- the server's hot path: plain Binding requests answered from a template -----------------
+
+
+class GenericOnly(StunServer):
+    """A StunServer that never takes the hot path: the reference the hot path must equal."""
+
+    def _plain_binding(self, *args: Any) -> None:
+        return None
+
+
+HOT_CONFIGS: list[dict[str, Any]] = [
+    {},
+    {"software": None},
+    {"fingerprint": False},
+    {"software": None, "fingerprint": False},
+    {"software": "\u00e9" * 127},
+    {"local_address": ("198.51.100.1", 3478), "other_address": ("198.51.100.2", 3479)},
+    {"local_address": ("2001:db8::1", 3478)},
+]
+HOT_SOURCES: list[Address] = [
+    CLIENT,
+    ("0.0.0.0", 0),
+    ("255.255.255.255", 65535),
+    ("2001:db8::7", 5),
+    ("2001:DB8:0:0::7", 5),
+    ("::ffff:192.0.2.1", 9),
+]
+
+
+def plain_requests() -> list[bytes]:
+    """Binding requests the hot path answers: SOFTWARE, FINGERPRINT, ignored attributes."""
+    return [
+        binding_request(RFC5769_TXID)[1],
+        binding_request(RFC5769_TXID, software=None)[1],
+        binding_request(RFC5769_TXID, fingerprint=False)[1],
+        binding_request(RFC5769_TXID, software=None, fingerprint=False)[1],
+        RFC5769_REQUEST,  # PRIORITY, ICE-CONTROLLED, USERNAME, MESSAGE-INTEGRITY
+        request_with(RawAttribute(0x8888, b"opt"), RawAttribute(0x0025, b""), Software("\u00e9")),
+    ]
+
+
+@pytest.mark.parametrize("config", HOT_CONFIGS, ids=lambda c: ",".join(c) or "default")
+def test_plain_binding_template_equals_generic_encoder(config: dict[str, Any]) -> None:
+    """The hot path's answers are the generic encoder's, byte for byte, and it counts alike."""
+    fast, slow = make_server(**config), GenericOnly(make_server(**config).config)
+    cfg = fast.config
+    locals_: list[Address | None] = [None, cfg.local_address, ("198.51.100.2", 3479)]
+    for source in HOT_SOURCES:
+        host = fast._learn_host(source[0])
+        for request in plain_requests():
+            assert fast._plain_binding(request, host, source[1], None) is not None
+            for local in locals_:
+                reply = fast.respond(request, source, 0.0, local=local)
+                assert reply is not None
+                assert reply == slow.respond(request, source, 0.0, local=local)
+            response = fast.handle(request, source, 0.0)
+            assert response == slow.handle(request, source, 0.0)
+            if cfg.local_address is None:
+                txid = pull_message(request).transaction_id
+                mapped = parse_binding_response(response or b"", txid).mapped
+                expected = Message(1, MessageClass.SUCCESS, txid, (XorMappedAddress(mapped),))
+                assert response == push_message(
+                    expected, fingerprint=cfg.fingerprint, software=cfg.software
+                )
+    assert fast.stats == slow.stats and fast.stats.responses > 0
+
+
+@pytest.mark.parametrize(
+    ("source", "xor_mapped"),
+    [
+        (("192.0.2.1", 32853), "002000080001a147e112a643"),
+        (
+            ("2001:db8:1234:5678:11:2233:4455:6677", 32853),
+            "002000140002a1470113a9faa5d3f179bc25f4b5bed2b9d9",
+        ),
+    ],
+    ids=["ipv4", "ipv6"],
+)
+def test_plain_binding_golden_rfc5769(source: Address, xor_mapped: str) -> None:
+    """The RFC 5769 §2.2/§2.3 XOR-MAPPED-ADDRESS bytes, from the template path."""
+    server = make_server(software="test vector")
+    response = server.handle(RFC5769_REQUEST, source, 0.0)
+    # SOFTWARE "test vector", padded with a zero where RFC 5769 pads with a space
+    attributes = xor_mapped + "8022000b7465737420766563746f7200"
+    prefix = bytes.fromhex(
+        f"0101{len(attributes) // 2 + 8:04x}2112a442{RFC5769_TXID.hex()}{attributes}"
+    )
+    assert response == prefix + crc_fingerprint(prefix)
+
+
+def test_hot_path_defers_whatever_it_does_not_answer() -> None:
+    """Malformed, non-plain and refused requests get exactly the generic path's treatment."""
+    fast, slow = make_server(), GenericOnly(make_server().config)
+    good = binding_request(RFC5769_TXID)[1]
+    bad_fingerprint = good[:-1] + bytes([good[-1] ^ 1])
+    # SOFTWARE whose value is not UTF-8: malformed, dropped by the generic path
+    not_utf8 = bytes.fromhex("000100082112a442") + RFC5769_TXID + bytes.fromhex("80220002fffe0000")
+    cases = [
+        bad_fingerprint,
+        good[:-8] + good[-4:] + good[-8:-4],  # FINGERPRINT header mangled
+        not_utf8,
+        request_with(ChangeRequest()),
+        request_with(RawAttribute(AttributeType.RESPONSE_PORT, b"\x00\x35\x00\x00")),
+        request_with(RawAttribute(0x7777, b"abcd")),
+        request_with(MappedAddress(("203.0.113.9", 53))),
+        request_with(method=0x003),
+        binding_request(TXID16, classic=True)[1],
+        good + b"\x00\x00\x00\x00",
+        good[:-4],
+    ]
+    for data in cases:
+        assert fast._plain_binding(data, fast._learn_host(CLIENT[0]), CLIENT[1], None) is None
+        assert fast.respond(data, CLIENT, 0.0) == slow.respond(data, CLIENT, 0.0)
+    assert fast.stats == slow.stats
+    # CHANGE-REQUEST without flags, MAPPED-ADDRESS and RFC 3489 succeed; 420, 420, 400
+    assert (fast.stats.responses, fast.stats.errors, fast.stats.dropped_malformed) == (3, 3, 5)
+
+
+class ReferenceBuckets:
+    """The token bucket written plainly: what TokenBucketLimiter must behave like."""
+
+    def __init__(self, limit: RateLimit) -> None:
+        self.limit = limit
+        self.buckets: dict[object, tuple[float, float]] = {}
+
+    def allow(self, key: object, now: float) -> bool:
+        limit = self.limit
+        tokens, last = self.buckets.pop(key, (limit.burst, now))
+        tokens = min(limit.burst, tokens + max(0.0, now - last) * limit.rate)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        self.buckets[key] = (tokens, max(now, last))
+        while len(self.buckets) > limit.max_sources:
+            del self.buckets[next(iter(self.buckets))]
+        return allowed
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.floats(0, 50),
+    st.floats(1, 10),
+    st.integers(1, 4),
+    st.lists(st.tuples(st.integers(0, 6), st.floats(0, 20)), max_size=80),
+)
+def test_token_bucket_equals_reference(
+    rate: float, burst: float, max_sources: int, events: list[tuple[int, float]]
+) -> None:
+    limit = RateLimit(rate=rate, burst=burst, max_sources=max_sources)
+    limiter, reference = TokenBucketLimiter(limit), ReferenceBuckets(limit)
+    for key, now in events:
+        assert limiter.allow(key, now) == reference.allow(key, now)
+        assert len(limiter) == len(reference.buckets)
+
+
 # --------------------------------------------------------------------------------------------
 # Client core
 # --------------------------------------------------------------------------------------------
@@ -983,6 +1147,53 @@ def test_server_never_raises(data: bytes, source: Address, now: float) -> None:
     for out in (response, reply.data if reply is not None else None):
         if out is not None:
             assert pull_message(out).message_class in (MessageClass.SUCCESS, MessageClass.ERROR)
+
+
+@st.composite
+def plain_ish(draw: st.DrawFn) -> bytes:
+    """Binding requests near the hot path's edge: plain ones, then perhaps one byte changed."""
+    attrs = draw(
+        st.lists(
+            st.one_of(
+                st.builds(Software, st.text(max_size=12)),
+                st.builds(
+                    RawAttribute,
+                    st.sampled_from([0x0006, 0x0008, 0x0024, 0x0025, 0x8029, 0xC001, 0x7777]),
+                    st.binary(max_size=9),
+                ),
+                st.builds(ChangeRequest, st.booleans(), st.booleans()),
+            ),
+            max_size=4,
+        )
+    )
+    txid = draw(st.binary(min_size=12, max_size=12))
+    data = bytearray(
+        push_message(
+            Message(1, MessageClass.REQUEST, txid, tuple(attrs)),
+            software=None,
+            fingerprint=draw(st.booleans()),
+        )
+    )
+    if draw(st.booleans()):
+        data[draw(st.integers(0, len(data) - 1))] ^= 1 << draw(st.integers(0, 7))
+    return bytes(data)
+
+
+@FUZZ
+@given(st.one_of(plain_ish(), raw_stun(), mutated()), SOURCES, st.floats(0, 1e9))
+def test_hot_path_answers_and_counts_as_the_generic_path(
+    data: bytes, source: Address, now: float
+) -> None:
+    config = StunServerConfig(
+        local_address=("198.51.100.1", 3478), other_address=("198.51.100.2", 3479)
+    )
+    fast, slow = StunServer(config), GenericOnly(config)
+    for local in (None, ("198.51.100.2", 3478)):
+        assert fast.respond(data, source, now, local=local) == slow.respond(
+            data, source, now, local=local
+        )
+    assert fast.handle(data, source, now) == slow.handle(data, source, now)
+    assert fast.stats == slow.stats
 
 
 @FUZZ
@@ -1313,3 +1524,92 @@ def test_service_survives_a_raising_handler_and_serves_forever() -> None:
     result, service = run(main())
     assert result.mapped == result.local
     assert service.handler_errors == 1
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, Any]] = []
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        self.sent.append((data, addr))
+
+
+def test_udp_answers_inline_within_the_budget_then_queues() -> None:
+    """Datagrams are answered as they arrive up to the per-iteration budget; the rest wait in
+    the bounded queue (dropped when full) for the worker, which answers them next iteration."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        service, out = StunService(), FakeTransport()
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=4)
+        sockets: dict[Any, Any] = {None: out}
+        responder = _UdpResponder(service, make_server(), sockets, False, loop)
+        protocol = _ServerDatagramProtocol(service, queue, None, responder)
+        txid, request = binding_request()
+        for _ in range(UDP_ANSWERS_PER_ITERATION + 6):
+            protocol.datagram_received(request, CLIENT)
+        assert len(out.sent) == UDP_ANSWERS_PER_ITERATION  # at once, no task switch
+        assert queue.qsize() == 4 and service.queue_drops == 2
+        worker = asyncio.create_task(_udp_worker(queue, responder))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert queue.qsize() == 0 and len(out.sent) == UDP_ANSWERS_PER_ITERATION + 4
+        protocol.datagram_received(request, CLIENT)  # a new iteration: a new budget
+        assert len(out.sent) == UDP_ANSWERS_PER_ITERATION + 5
+        worker.cancel()
+        for data, addr in out.sent:
+            assert addr == CLIENT  # back to the source, always
+            assert parse_binding_response(data, txid).mapped == CLIENT
+
+    run(main())
+
+
+def test_udp_burst_is_answered_in_full() -> None:
+    """A burst larger than a read batch and the budget: every request answered, to its sender."""
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)  # room for every answer
+    client.bind(("127.0.0.1", 0))
+    client.settimeout(3.0)
+    requests = [binding_request() for _ in range(300)]
+    core = StunServer(StunServerConfig(rate_limit=None))
+
+    async def main() -> tuple[set[bytes], StunService]:
+        loop = asyncio.get_running_loop()
+        async with await serve_stun("127.0.0.1", 0, core, tcp=False) as service:
+            sock = service._closers[0].get_extra_info("socket")
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 400_000
+            for _, request in requests:
+                client.sendto(request, service.udp_address)
+            seen: set[bytes] = set()
+            while len(seen) < len(requests):
+                data, sender = await loop.run_in_executor(None, client.recvfrom, 2048)
+                assert sender == service.udp_address
+                seen.add(data[8:20])
+        return seen, service
+
+    try:
+        seen, service = run(main())
+    finally:
+        client.close()
+    assert seen == {txid for txid, _ in requests}
+    assert service.queue_drops == service.send_drops == service.handler_errors == 0
+    assert core.stats.responses == len(requests)
+
+
+def test_udp_on_a_loop_that_cannot_watch_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without add_reader (Windows' proactor loop) the loop's own datagram transport serves."""
+
+    async def main() -> BindingResult:
+        loop = asyncio.get_running_loop()
+
+        def no_add_reader(*args: Any) -> None:
+            raise NotImplementedError
+
+        monkeypatch.setattr(loop, "add_reader", no_add_reader)
+        async with await serve_stun("127.0.0.1", 0, StunServer(), tcp=False) as service:
+            transport = service._closers[0]
+            assert not isinstance(transport, _SocketDatagramTransport)
+            return await stun_binding("127.0.0.1", service.udp_address[1], timeout=3)
+
+    result = run(main())
+    assert result.mapped == result.local
