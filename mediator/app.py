@@ -270,6 +270,7 @@ async def metrics_page(request: web.Request) -> web.Response:
         handler, service = app[STUN].handler, app[STUN].service
         stun_counts = handler.stats()
         stun_counts["queue_drops"] = service.queue_drops
+        stun_counts["send_drops"] = service.send_drops
         stun_counts["tcp_rejected"] = service.tcp_rejected
         stun_counts["tcp_framing_errors"] = service.tcp_framing_errors
     text = app[METRICS].render(gauges, stun_counts)

@@ -113,3 +113,4 @@ def test_handshake_via_mailboxes_then_session_over_relay(
     metrics = mediator.metrics()
     relayed = sum(v for k, v in metrics.items() if "relay" in k and "frames" in k)
     assert relayed >= 80
+    assert 'didsession_mediator_stun_events_total{outcome="send_drops"}' in metrics
