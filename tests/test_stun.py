@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ports import free_port_pair
 
 from didsession.errors import (
     DidSessionError,
@@ -1397,32 +1398,6 @@ def test_never_reflects_over_real_sockets() -> None:
     finally:
         victim.close()
         client.close()
-
-
-def free_port_pair(hosts: tuple[str, ...]) -> int:
-    """A port P such that P and P+1 are free for UDP and TCP on every host (loopback only)."""
-    for _ in range(50):
-        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        probe.close()
-        if port >= 65535:
-            continue
-        held: list[socket.socket] = []
-        try:
-            for host in hosts:
-                for p in (port, port + 1):
-                    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                        s = socket.socket(socket.AF_INET, kind)
-                        held.append(s)
-                        s.bind((host, p))
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-        return port
-    raise RuntimeError("no free port pair")
 
 
 def test_rfc5780_server_on_four_addresses() -> None:
