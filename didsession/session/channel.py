@@ -319,6 +319,11 @@ class Channel:
         return self._tx_w & COUNTER_MASK
 
     @property
+    def frames_received(self) -> int:
+        """Stream paths: frames opened so far (the next expected counter)."""
+        return self._rx_w & COUNTER_MASK
+
+    @property
     def max_payload(self) -> int:
         """Largest payload :meth:`seal` accepts (the peer's announced limit)."""
         return self._tx_max

@@ -38,7 +38,7 @@ import binascii
 import json
 import os
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any
@@ -105,6 +105,9 @@ _MAX_NAME = 64
 _MAX_DID = 8192
 _MAX_COMMENT = 1024
 _MALFORMED = "e.p.msg.session.malformed"
+# Address candidates in request/accept (spec §13.1).
+MAX_CANDIDATES = 16
+_MAX_CANDIDATE_JSON = 256
 
 
 class MessageType(StrEnum):
@@ -135,6 +138,7 @@ class Request:
     limits: Limits
     max_payload: int
     resume: bytes | None = None
+    candidates: tuple[dict[str, Any], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +156,7 @@ class Accept:
     epk: bytes
     limits: Limits
     max_payload: int
+    candidates: tuple[dict[str, Any], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +211,8 @@ def push_message(msg: Message) -> bytes:
         }
         if msg.resume is not None:
             body["session_id"] = _b64(msg.resume)
+        if msg.candidates is not None:
+            body["candidates"] = list(msg.candidates)
     elif isinstance(msg, Accept):
         out["type"] = MessageType.ACCEPT
         body = {
@@ -216,6 +223,8 @@ def push_message(msg: Message) -> bytes:
             "limits": _limits_json(msg.limits),
             "max_payload": msg.max_payload,
         }
+        if msg.candidates is not None:
+            body["candidates"] = list(msg.candidates)
     elif isinstance(msg, ProblemReport):
         out["type"] = MessageType.PROBLEM_REPORT
         body = {"code": msg.code, "comment": msg.comment}
@@ -298,6 +307,21 @@ def _limits(d: dict[str, Any]) -> Limits:
     )
 
 
+def _candidates(body: dict[str, Any]) -> tuple[dict[str, Any], ...] | None:
+    """The optional ``candidates`` member (spec §13.1): a short list of small objects.  Their
+    fields are checked where they are used (:mod:`didsession.candidates`); here only that
+    they cannot be large."""
+    value = body.get("candidates")
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_CANDIDATES:
+        raise _malformed(f"'candidates' is not a list of at most {MAX_CANDIDATES}")
+    for item in value:
+        if not isinstance(item, dict) or len(json.dumps(item)) > _MAX_CANDIDATE_JSON:
+            raise _malformed("a candidate is not a small JSON object")
+    return tuple(value)
+
+
 def pull_message(data: bytes) -> Message:
     """Parse and validate a plaintext message of this protocol (spec §3).
 
@@ -343,6 +367,7 @@ def pull_message(data: bytes) -> Message:
             limits=_limits(body),
             max_payload=_int(body, "max_payload", MIN_PAYLOAD, MAX_PAYLOAD),
             resume=resume,
+            candidates=_candidates(body),
         )
     if mtype == MessageType.ACCEPT:
         suite = _str(body, "suite", _MAX_NAME)
@@ -361,6 +386,7 @@ def pull_message(data: bytes) -> Message:
             epk=_bytes(body, "epk", 32),
             limits=_limits(body),
             max_payload=_int(body, "max_payload", MIN_PAYLOAD, MAX_PAYLOAD),
+            candidates=_candidates(body),
         )
     if mtype == MessageType.PROBLEM_REPORT:
         return ProblemReport(
@@ -500,6 +526,7 @@ class Handshake:
         ephemeral_private: bytes | None = None,
         resume: Resumption | None = None,
         resumptions: Callable[[bytes], Resumption | None] | None = None,
+        candidates: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         self.role = role
         self.local_did = local_did
@@ -526,6 +553,9 @@ class Handshake:
         self._deadline: float | None = None
         self._channel: Channel | None = None
         self._outbox: list[OutboundMessage] = []
+        self._candidates = tuple(candidates) if candidates is not None else None
+        # The candidates the peer sent (None: it sent none, e.g. relay-only).
+        self.peer_candidates: tuple[dict[str, Any], ...] | None = None
 
     @property
     def state(self) -> HandshakeState:
@@ -587,6 +617,7 @@ class Handshake:
             limits=cfg.limits,
             max_payload=cfg.max_payload,
             resume=self._resume.session_id if self._resume is not None else None,
+            candidates=self._candidates,
         )
         self._request = request
         self._request_bytes = push_message(request)
@@ -725,6 +756,7 @@ class Handshake:
             epk=public_key(eph),
             limits=req.limits.meet(cfg.limits),
             max_payload=cfg.max_payload,
+            candidates=self._candidates,
         )
         accept_bytes = push_message(accept)
         params = SessionParameters(
@@ -750,6 +782,7 @@ class Handshake:
             grace=cfg.grace,
         )
         self._outbox.append(OutboundMessage(accept_bytes, req.sender))
+        self.peer_candidates = req.candidates
         self._advance(_Input.REQUEST)
         return [SessionEstablished(self._channel, req.sender, secrets.session_id, req.resume)]
 
@@ -808,6 +841,7 @@ class Handshake:
             now=now,
             grace=offered.grace,
         )
+        self.peer_candidates = acc.candidates
         self._advance(_Input.ACCEPT)
         return [
             SessionEstablished(

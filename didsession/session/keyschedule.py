@@ -34,6 +34,7 @@ __all__ = [
     "hkdf_extract",
     "make_aead",
     "next_traffic_secret",
+    "path_check_key",
     "public_key",
     "traffic_key",
     "transcript_hash",
@@ -243,6 +244,12 @@ def make_aead(suite: Suite, key: bytes) -> AESGCM | ChaCha20Poly1305:
     if suite is Suite.AES256GCM:
         return AESGCM(key)
     return ChaCha20Poly1305(key)
+
+
+def path_check_key(resumption_secret: bytes) -> bytes:
+    """The key that authenticates path checks and multipath messages (spec §13.2): from
+    the resumption secret, so only the two ends of the session can derive it."""
+    return _expand(resumption_secret, "path check", 32)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,647 @@
+"""One session over several byte paths: path checks, upgrade, fallback (spec/session.md §13).
+
+Theory of operation
+-------------------
+A session's frames carry one counter per direction (spec §6.2), continuous across key
+epochs.  That counter is all a receiver needs to merge several paths into one ordered
+stream, so :class:`Multipath` sits *below* the :class:`~didsession.session.Channel`: it
+never decrypts, it moves the channel's sealed stream frames over whichever path is best
+and hands the receiving channel its peer's frames in counter order, each exactly once.
+
+* **Paths** (``PathKind``): the mediator's relay, where a session starts at once, and
+  direct TCP connections found from the candidates of the handshake.  A direct path is
+  CHECKING until a path check (§13.2) proves that the other end holds this session's keys;
+  then VERIFIED.  A relay path is added VERIFIED: the handshake itself ran on it.
+* **Sending**: every frame goes out on the *active* path: the best verified path (direct
+  before relay, then the one verified first).  A frame stays *retained* until the peer
+  acknowledges its counter (``ACK``, at most every ``ack_frames`` frames or ``ack_delay``
+  seconds).  When a direct path is verified the active path becomes it (an *upgrade*);
+  when the active path dies the next best takes over (a *fallback*) and every retained
+  frame is sent again on it, before any new frame.
+* **Receiving**: a frame whose counter is the next expected one is delivered, older ones
+  are duplicates (a retransmission) and are dropped, newer ones wait in a bounded reorder
+  buffer (frames sent on the new path overtaking the old path's tail).  So nothing is lost,
+  duplicated or reordered, whichever way the paths change.
+* **Liveness**: every verified path is pinged every ``ping_interval``; the answer gives its
+  RTT.  A path that received nothing for ``dead_after`` seconds while a ping is
+  outstanding is dead.
+
+Wire format on a path (§13.3): session stream frames as they are (``u32 L`` with the top
+bit clear), interleaved with multipath messages ``u32 (0x80000000 | n) || type || fields ||
+mac16``, ``mac16`` an HMAC-SHA256 (truncated) under the path-check key over the sender's
+role, the type and the fields.  The core takes bytes in (:meth:`receive`) and gives
+``(path id, bytes)`` out (:meth:`data_to_send`, and the path id :meth:`send` returns for
+the hot path); time comes in as ``now``; it never does I/O.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+
+from didsession.errors import FrameError, LocalProtocolError, RemoteProtocolError
+from didsession.session.events import Event
+from didsession.session.frame import COUNTER_MASK, OVERHEAD
+from didsession.session.keyschedule import Role
+
+__all__ = [
+    "HELLO_SIZE",
+    "Multipath",
+    "MultipathConfig",
+    "MultipathState",
+    "PathActivated",
+    "PathClosed",
+    "PathKind",
+    "PathState",
+    "PathVerified",
+    "PathsLost",
+    "peek_attach_id",
+]
+
+HELLO_MAGIC = b"DSP\x01"
+PROOF_MAGIC = b"DSPK"
+_NONCE = 16
+_ATTACH = 16
+_MAC = 16
+HELLO_SIZE = len(HELLO_MAGIC) + _ATTACH + 1 + _NONCE
+PROOF_SIZE = len(PROOF_MAGIC) + _MAC
+_MUX_FLAG = 0x80000000
+_MAX_MUX = 64
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_HDR_U32_U64 = struct.Struct(">IQ")
+_ACK, _PING, _PONG = 1, 2, 3
+_MSG_SIZE = {_ACK: 8, _PING: 8, _PONG: 8}
+_ROLE_BYTE = {Role.INITIATOR: b"I", Role.RESPONDER: b"R"}
+
+
+class PathKind(StrEnum):
+    """What a path is; direct paths are preferred."""
+
+    DIRECT = "direct"
+    RELAY = "relay"
+
+
+class PathState(Enum):
+    """A path's life: CHECKING --check passed--> VERIFIED --lost/dead/closed--> CLOSED."""
+
+    CHECKING = "checking"
+    VERIFIED = "verified"
+    CLOSED = "closed"
+
+
+class MultipathState(Enum):
+    """OPEN while some path may still carry frames; LOST when none can (terminal)."""
+
+    OPEN = "open"
+    LOST = "lost"
+
+
+@dataclass(frozen=True, slots=True)
+class PathVerified(Event):
+    """A path passed its check (or is a relay path) and may carry frames."""
+
+    path: int
+    kind: PathKind
+
+
+@dataclass(frozen=True, slots=True)
+class PathActivated(Event):
+    """Frames now leave on ``path``.  ``reason``: ``"initial"``, ``"upgrade"`` (a better
+    path was verified) or ``"fallback"`` (the active path died; retained frames resent)."""
+
+    path: int
+    kind: PathKind
+    reason: str
+    previous: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PathClosed(Event):
+    """A path is gone; ``reason`` says why (for logs; the session goes on if it can)."""
+
+    path: int
+    kind: PathKind
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PathsLost(Event):
+    """No path is left: the session cannot go on."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MultipathConfig:
+    """Tuning of :class:`Multipath` (seconds, frames, bytes)."""
+
+    ping_interval: float = 1.0
+    dead_after: float = 5.0
+    check_timeout: float = 10.0
+    ack_frames: int = 32
+    ack_bytes: int = 32 << 10
+    ack_delay: float = 0.05
+    max_retained: int = 32 << 20
+    max_reorder: int = 32 << 20
+    max_frame: int = (1 << 24) + OVERHEAD
+
+
+@dataclass(slots=True)
+class _Path:
+    id: int
+    kind: PathKind
+    state: PathState
+    info: dict[str, object]
+    opened: float
+    nonce: bytes = b""
+    peer_nonce: bytes | None = None
+    buf: bytearray = field(default_factory=bytearray)
+    last_rx: float = 0.0
+    ping_id: int = 0
+    ping_sent: float | None = None
+    next_ping: float = 0.0
+    rtt: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    verified_at: float | None = None
+    reason: str = ""
+
+
+def peek_attach_id(data: bytes) -> bytes | None:
+    """The attach id of a path check HELLO at the start of ``data`` (for a listener that
+    must find the session before it can check the path), or None if it is not one yet.
+
+    Raises:
+        FrameError: the bytes cannot start a HELLO.
+    """
+    head = data[: len(HELLO_MAGIC)]
+    if not HELLO_MAGIC.startswith(head):
+        raise FrameError("not a didsession path check")
+    if len(data) < HELLO_SIZE:
+        return None
+    return data[len(HELLO_MAGIC) : len(HELLO_MAGIC) + _ATTACH]
+
+
+class Multipath:
+    """The paths of one established session (see the module docstring).
+
+    Args:
+        role: our handshake role (path checks and multipath messages are bound to it).
+        key: :func:`~didsession.session.keyschedule.path_check_key` of the session.
+        attach_id: the session's attach id (it opens every path check).
+        rx_next: the counter of the next frame the channel expects (frames it already
+            received on the handshake path before multipath took over).
+        now: current time.
+        config: tuning.
+        rand: randomness for path-check nonces.
+    """
+
+    def __init__(
+        self,
+        *,
+        role: Role,
+        key: bytes,
+        attach_id: bytes,
+        rx_next: int,
+        now: float,
+        config: MultipathConfig | None = None,
+        rand: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        if len(attach_id) != _ATTACH:
+            raise LocalProtocolError("attach id must be 16 bytes")
+        self.role = role
+        self._key = key
+        self._attach_id = attach_id
+        self._cfg = config or MultipathConfig()
+        self._rand = rand
+        self._now = now
+        self.state = MultipathState.OPEN
+        self._paths: dict[int, _Path] = {}
+        self._next_id = 0
+        self.active: int = -1
+        self._outbox: list[tuple[int, bytes]] = []
+        self._events: list[Event] = []
+        # Sending side: frames not yet acknowledged, oldest first: (last counter, bytes).
+        self._retained: deque[tuple[int, bytes]] = deque()
+        self._retained_bytes = 0
+        self._acked = 0  # every frame below this counter arrived
+        self._dropped_to = 0  # retained frames below this were dropped (over the limit)
+        # Receiving side.
+        self._rx_next = rx_next
+        self._reorder: dict[int, bytes] = {}
+        self._reorder_bytes = 0
+        self._unacked_frames = 0
+        self._unacked_bytes = 0
+        self._ack_due: float | None = None
+        self._own = _ROLE_BYTE[role]
+        self._peer = _ROLE_BYTE[Role.RESPONDER if role is Role.INITIATOR else Role.INITIATOR]
+        self.upgrades = 0
+        self.fallbacks = 0
+        self.retransmitted = 0
+
+    # -- paths -------------------------------------------------------------------------
+
+    def add_path(self, kind: PathKind, now: float, **info: object) -> int:
+        """Register a path; a relay path is verified at once, a direct path starts its check
+        (its HELLO is queued in :meth:`data_to_send`)."""
+        self._now = now
+        if self.state is not MultipathState.OPEN:
+            raise LocalProtocolError("the session has no paths any more")
+        pid = self._next_id
+        self._next_id += 1
+        path = _Path(pid, kind, PathState.CHECKING, dict(info), now, last_rx=now)
+        self._paths[pid] = path
+        if kind is PathKind.RELAY:
+            self._verified(path, now)
+        else:
+            path.nonce = self._rand(_NONCE)
+            self._outbox.append((pid, HELLO_MAGIC + self._attach_id + self._own + path.nonce))
+        return pid
+
+    def path_lost(self, pid: int, now: float, reason: str = "connection lost") -> None:
+        """The path's connection is gone."""
+        self._now = now
+        path = self._paths.get(pid)
+        if path is not None and path.state is not PathState.CLOSED:
+            self._close_path(path, reason)
+
+    def close_path(self, pid: int, now: float, reason: str = "closed") -> None:
+        """Stop using a path (the caller closes its connection)."""
+        self.path_lost(pid, now, reason)
+
+    def paths(self) -> list[dict[str, object]]:
+        """What each path is doing (for status displays)."""
+        out = []
+        for p in self._paths.values():
+            out.append(
+                {
+                    "id": p.id,
+                    "kind": p.kind.value,
+                    "state": p.state.value,
+                    "active": p.id == self.active,
+                    "rtt_ms": None if p.rtt is None else round(p.rtt * 1000, 2),
+                    "bytes_in": p.bytes_in,
+                    "bytes_out": p.bytes_out,
+                    "reason": p.reason,
+                    **p.info,
+                }
+            )
+        return out
+
+    def path_kind(self, pid: int) -> PathKind | None:
+        path = self._paths.get(pid)
+        return path.kind if path is not None else None
+
+    def rtt(self, pid: int | None = None) -> float | None:
+        path = self._paths.get(self.active if pid is None else pid)
+        return path.rtt if path is not None else None
+
+    # -- sending (hot path) ------------------------------------------------------------------
+
+    def send(self, frames: bytes) -> int:
+        """Take sealed stream frames (what :meth:`Channel.seal` returned, in order) and
+        return the path to write them on, or -1 if there is none (they stay retained and go
+        out on the next path that is verified)."""
+        n = len(frames)
+        if n >= OVERHEAD:
+            length, w = _HDR_U32_U64.unpack_from(frames)
+            if length + 4 != n:  # several frames: the last one's counter counts
+                w = _last_word(frames)
+            self._retained.append((w & COUNTER_MASK, frames))
+            self._retained_bytes += n
+            if self._retained_bytes > self._cfg.max_retained:
+                self._trim_retained()
+        active = self.active
+        if active >= 0:
+            self._paths[active].bytes_out += n
+        return active
+
+    def _trim_retained(self) -> None:
+        # Over the limit: the peer stopped acknowledging.  Forget the oldest frames; a
+        # fallback that would need them fails the session instead of losing data silently.
+        while self._retained_bytes > self._cfg.max_retained // 2 and self._retained:
+            last, data = self._retained.popleft()
+            self._retained_bytes -= len(data)
+            self._dropped_to = last + 1
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def receive(self, pid: int, data: bytes, now: float) -> list[bytes]:
+        """Bytes from path ``pid``: returns the session frames to open, in counter order.
+
+        Path-check failures and malformed bytes close that path (an event says why); they
+        never raise, since anyone can connect to a listener.
+
+        Raises:
+            RemoteProtocolError: the peer's frames overflow the reorder buffer.
+        """
+        path = self._paths.get(pid)
+        if path is None or path.state is PathState.CLOSED:
+            return []
+        path.last_rx = now
+        path.bytes_in += len(data)
+        if path.state is PathState.VERIFIED and not path.buf:
+            n = len(data)
+            if n >= OVERHEAD:
+                length, w = _HDR_U32_U64.unpack_from(data)
+                if length + 4 == n and (w & COUNTER_MASK) == self._rx_next:
+                    self._rx_next += 1
+                    self._now = now
+                    self._count_delivery(n)
+                    if self._reorder:
+                        return self._drain_reorder([data])
+                    return [data]
+        self._now = now
+        path.buf += data
+        try:
+            if path.state is PathState.CHECKING and not self._check(path):
+                return []
+            return self._split(path)
+        except FrameError as exc:
+            self._close_path(path, exc.message)
+            return []
+
+    def _split(self, path: _Path) -> list[bytes]:
+        out: list[bytes] = []
+        buf = path.buf
+        pos = 0
+        end = len(buf)
+        max_frame = self._cfg.max_frame
+        while end - pos >= 4:
+            (length,) = _U32.unpack_from(buf, pos)
+            if length & _MUX_FLAG:
+                size = length & ~_MUX_FLAG
+                if size > _MAX_MUX or size < 1 + _MAC:
+                    raise FrameError("malformed multipath message")
+                if end - pos < 4 + size:
+                    break
+                self._mux_message(path, bytes(buf[pos + 4 : pos + 4 + size]))
+                pos += 4 + size
+                continue
+            if length + 4 > max_frame or length + 4 < OVERHEAD:
+                raise FrameError(f"frame of {length + 4} bytes on a multipath path")
+            if end - pos < 4 + length:
+                break
+            frame = bytes(buf[pos : pos + 4 + length])
+            pos += 4 + length
+            (w,) = _U64.unpack_from(frame, 4)
+            self._accept_frame(w & COUNTER_MASK, frame, out)
+        del buf[:pos]
+        return out
+
+    def _accept_frame(self, counter: int, frame: bytes, out: list[bytes]) -> None:
+        nxt = self._rx_next
+        if counter == nxt:
+            self._rx_next = nxt + 1
+            self._count_delivery(len(frame))
+            out.append(frame)
+            if self._reorder:
+                self._drain_reorder(out)
+        elif counter > nxt:
+            if counter not in self._reorder:
+                self._reorder[counter] = frame
+                self._reorder_bytes += len(frame)
+                if self._reorder_bytes > self._cfg.max_reorder:
+                    raise RemoteProtocolError(
+                        f"frame {nxt} missing while {len(self._reorder)} later frames wait "
+                        "(more than the reorder buffer holds)",
+                        code="e.p.msg.session.order",
+                    )
+        # else: a duplicate (retransmitted after a fallback): drop it
+
+    def _drain_reorder(self, out: list[bytes]) -> list[bytes]:
+        reorder = self._reorder
+        while (frame := reorder.pop(self._rx_next, None)) is not None:
+            self._reorder_bytes -= len(frame)
+            self._rx_next += 1
+            self._count_delivery(len(frame))
+            out.append(frame)
+        # Duplicates of delivered frames may still wait there: drop them.
+        for c in [c for c in reorder if c < self._rx_next]:
+            self._reorder_bytes -= len(reorder.pop(c))
+        return out
+
+    def _count_delivery(self, n: int) -> None:
+        self._unacked_frames += 1
+        self._unacked_bytes += n
+        if (
+            self._unacked_frames >= self._cfg.ack_frames
+            or self._unacked_bytes >= self._cfg.ack_bytes
+        ):
+            self._send_ack()
+        elif self._ack_due is None:
+            self._ack_due = self._now + self._cfg.ack_delay
+
+    def _send_ack(self) -> None:
+        self._unacked_frames = 0
+        self._unacked_bytes = 0
+        self._ack_due = None
+        if self.active >= 0:
+            self._queue_mux(self.active, _ACK, _U64.pack(self._rx_next))
+
+    # -- path checks (spec §13.2) ---------------------------------------------------------------
+
+    def _check(self, path: _Path) -> bool:
+        """Advance a CHECKING path; True once it is VERIFIED (the rest of its buffer is then
+        multipath stream)."""
+        buf = path.buf
+        if path.peer_nonce is None:
+            if not HELLO_MAGIC.startswith(bytes(buf[: len(HELLO_MAGIC)])):
+                raise FrameError("not a didsession path check")
+            if len(buf) < HELLO_SIZE:
+                return False
+            hello = bytes(buf[:HELLO_SIZE])
+            del buf[:HELLO_SIZE]
+            attach = hello[4 : 4 + _ATTACH]
+            role = hello[4 + _ATTACH : 5 + _ATTACH]
+            if not hmac.compare_digest(attach, self._attach_id):
+                raise FrameError("path check for another session")
+            if role != self._peer:
+                raise FrameError("path check from the wrong role (a reflected HELLO?)")
+            path.peer_nonce = hello[5 + _ATTACH :]
+            self._outbox.append(
+                (path.id, PROOF_MAGIC + self._proof(self._own, path.nonce, path.peer_nonce))
+            )
+        if len(buf) < PROOF_SIZE:
+            return False
+        proof = bytes(buf[:PROOF_SIZE])
+        del buf[:PROOF_SIZE]
+        expected = self._proof(self._peer, path.peer_nonce, path.nonce)
+        if proof[:4] != PROOF_MAGIC or not hmac.compare_digest(proof[4:], expected):
+            raise FrameError("path check failed: the other end does not hold this session's keys")
+        self._verified(path, self._now)
+        return True
+
+    def _proof(self, role: bytes, own_nonce: bytes, peer_nonce: bytes) -> bytes:
+        msg = b"didsession path check" + role + self._attach_id + own_nonce + peer_nonce
+        return hmac.digest(self._key, msg, "sha256")[:_MAC]
+
+    def _verified(self, path: _Path, now: float) -> None:
+        path.state = PathState.VERIFIED
+        path.verified_at = now
+        path.last_rx = now
+        path.next_ping = now  # the first ping measures the RTT at once
+        self._events.append(PathVerified(path.id, path.kind))
+        best = self._best()
+        if best is not None and best.id != self.active:
+            previous = self.active
+            reason = "initial" if previous < 0 else "upgrade"
+            if previous >= 0:
+                self.upgrades += 1
+            self._activate(best, reason, previous)
+
+    def _best(self) -> _Path | None:
+        best: _Path | None = None
+        for p in self._paths.values():
+            if p.state is not PathState.VERIFIED:
+                continue
+            if best is None or (p.kind is PathKind.DIRECT and best.kind is PathKind.RELAY):
+                best = p
+        return best
+
+    def _activate(self, path: _Path, reason: str, previous: int) -> None:
+        self.active = path.id
+        # Everything the peer has not acknowledged may be lost with the old path (or never
+        # sent, if there was none): send it again first; the peer drops what it has.
+        if reason != "upgrade" and self._retained:
+            if self._dropped_to > self._acked:
+                raise self._lose(
+                    f"{self._dropped_to - self._acked} frames were neither acknowledged nor "
+                    "kept for retransmission"
+                )
+            data = b"".join(d for _, d in self._retained)
+            self.retransmitted += len(self._retained)
+            self._outbox.append((path.id, data))
+            path.bytes_out += len(data)
+        self._events.append(
+            PathActivated(path.id, path.kind, reason, previous if previous >= 0 else None)
+        )
+
+    def _close_path(self, path: _Path, reason: str) -> None:
+        was_verified = path.state is PathState.VERIFIED
+        path.state = PathState.CLOSED
+        path.reason = reason
+        path.buf.clear()
+        self._events.append(PathClosed(path.id, path.kind, reason))
+        if path.id != self.active:
+            return
+        best = self._best()
+        if best is None:
+            self.active = -1
+            if was_verified:
+                self._lose(f"every path is gone (last: {path.kind.value}, {reason})")
+            return
+        self.fallbacks += 1
+        try:
+            self._activate(best, "fallback", path.id)
+        except RemoteProtocolError:
+            pass  # _lose recorded it
+
+    def _lose(self, reason: str) -> RemoteProtocolError:
+        if self.state is MultipathState.OPEN:
+            self.state = MultipathState.LOST
+            self._events.append(PathsLost(reason))
+        return RemoteProtocolError(
+            f"the session lost its paths: {reason}", code="e.p.msg.session.paths"
+        )
+
+    # -- multipath messages (spec §13.3) -------------------------------------------------------
+
+    def _queue_mux(self, pid: int, kind: int, fields: bytes) -> None:
+        body = bytes((kind,)) + fields
+        mac = hmac.digest(self._key, b"didsession mux" + self._own + body, "sha256")[:_MAC]
+        msg = _U32.pack(_MUX_FLAG | (len(body) + _MAC)) + body + mac
+        self._outbox.append((pid, msg))
+
+    def _mux_message(self, path: _Path, msg: bytes) -> None:
+        body, mac = msg[:-_MAC], msg[-_MAC:]
+        expected = hmac.digest(self._key, b"didsession mux" + self._peer + body, "sha256")[:_MAC]
+        if not hmac.compare_digest(mac, expected):
+            raise FrameError("multipath message failed authentication")
+        kind = body[0]
+        if _MSG_SIZE.get(kind) != len(body) - 1:
+            return  # unknown (a later version's) message: ignore, it is authentic
+        (value,) = _U64.unpack_from(body, 1)
+        if kind == _ACK:
+            self._on_ack(value)
+        elif kind == _PING:
+            self._queue_mux(path.id, _PONG, body[1:])
+        elif kind == _PONG and path.ping_sent is not None and value == path.ping_id:
+            path.rtt = self._now - path.ping_sent
+            path.ping_sent = None
+
+    def _on_ack(self, nxt: int) -> None:
+        if nxt <= self._acked:
+            return
+        self._acked = nxt
+        retained = self._retained
+        while retained and retained[0][0] < nxt:
+            _, data = retained.popleft()
+            self._retained_bytes -= len(data)
+
+    # -- time ---------------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` must run next (None: nothing pending)."""
+        if self.state is not MultipathState.OPEN:
+            return None
+        when = self._ack_due
+        for p in self._paths.values():
+            if p.state is PathState.CLOSED:
+                continue
+            if p.state is PathState.CHECKING:
+                t = p.opened + self._cfg.check_timeout
+            elif p.ping_sent is not None:
+                t = max(p.last_rx, p.ping_sent) + self._cfg.dead_after
+            else:
+                t = p.next_ping
+            when = t if when is None else min(when, t)
+        return when
+
+    def handle_timer(self, now: float) -> None:
+        """Send due ACKs and pings; close paths that failed their check or died."""
+        self._now = now
+        if self._ack_due is not None and now >= self._ack_due:
+            self._send_ack()
+        cfg = self._cfg
+        for p in list(self._paths.values()):
+            if p.state is PathState.CHECKING and now >= p.opened + cfg.check_timeout:
+                self._close_path(p, "path check timed out")
+            elif p.state is PathState.VERIFIED:
+                if p.ping_sent is not None:
+                    if now >= max(p.last_rx, p.ping_sent) + cfg.dead_after:
+                        self._close_path(p, f"no answer for {cfg.dead_after:g} s")
+                elif now >= p.next_ping:
+                    p.ping_id += 1
+                    p.ping_sent = now
+                    p.next_ping = now + cfg.ping_interval
+                    self._queue_mux(p.id, _PING, _U64.pack(p.ping_id))
+
+    # -- output --------------------------------------------------------------------------------
+
+    def data_to_send(self) -> list[tuple[int, bytes]]:
+        """Drain what the core wants written: ``(path id, bytes)`` in order."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def events(self) -> list[Event]:
+        """Drain the events since the last call."""
+        out, self._events = self._events, []
+        return out
+
+
+def _last_word(frames: bytes) -> int:
+    """The header word of the last frame in a run of stream frames."""
+    pos = 0
+    w = 0
+    n = len(frames)
+    while pos + 12 <= n:
+        length, w = _HDR_U32_U64.unpack_from(frames, pos)
+        pos += 4 + length
+    return w

@@ -1,0 +1,439 @@
+"""Asyncio shell of :class:`~didsession.session.multipath.Multipath` (spec/session.md §13).
+
+:class:`MultipathTransport` is the one transport the layer above sees (MPyC's
+``SessionTransport`` or a :class:`~didsession.session.stream.Session`): ``write`` takes
+sealed frames, ``data_received`` of the layer above gets the peer's frames in counter
+order.  Underneath it drives any number of paths, each an asyncio transport whose protocol
+is a :class:`PathProtocol`: the relay link the handshake ran on, and direct TCP
+connections, dialled (:func:`dial_direct`) or accepted by a :class:`PathListener`, which
+routes a connection to its session by the attach id of its path check.
+
+Like :mod:`didsession.session.stream`, this is a thin shell: it moves bytes between the
+core and the transports, drains :meth:`Multipath.data_to_send` after every input, and runs
+one recurring tick for the core's timers (ACK delay, pings, dead paths).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from didsession.errors import FrameError, RemoteProtocolError
+from didsession.session.channel import Channel
+from didsession.session.events import Event
+from didsession.session.keyschedule import path_check_key
+from didsession.session.multipath import (
+    Multipath,
+    MultipathConfig,
+    MultipathState,
+    PathActivated,
+    PathClosed,
+    PathKind,
+    PathsLost,
+    peek_attach_id,
+)
+
+if TYPE_CHECKING:
+    from didsession.candidates import Candidate
+
+__all__ = ["MultipathTransport", "PathListener", "PathProtocol", "dial_direct", "multipath_for"]
+
+log = logging.getLogger("didsession.paths")
+
+TICK = 0.05
+# Connections a listener holds before they named their session, and for how long.
+MAX_UNNAMED = 64
+UNNAMED_TIMEOUT = 10.0
+
+
+def multipath_for(
+    channel: Channel, *, now: float, config: MultipathConfig | None = None
+) -> Multipath:
+    """The multipath core of an established channel, taking over after the frames the
+    channel already received on the handshake path."""
+    return Multipath(
+        role=channel.role,
+        key=path_check_key(channel.resumption().secret),
+        attach_id=channel.attach_id,
+        rx_next=channel.frames_received,
+        now=now,
+        config=config,
+    )
+
+
+class PathProtocol(asyncio.Protocol):
+    """The protocol of one path's transport: hands its bytes to the multipath transport."""
+
+    def __init__(self, owner: MultipathTransport | None = None, pid: int = -1) -> None:
+        self.owner = owner
+        self.pid = pid
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.owner is not None:
+            self.owner._path_data(self.pid, data)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.owner is not None:
+            self.owner._path_lost(self.pid, exc)
+
+
+class MultipathTransport(asyncio.Transport):
+    """One session's paths as a single ordered transport (see the module docstring).
+
+    Args:
+        mp: the core (:func:`multipath_for`).
+        upper: the protocol above (gets ``data_received`` with in-order frames and
+            ``connection_lost`` when no path is left or after :meth:`close`).
+        label: how logs name the peer.
+        on_event: called with every core event (path verified/activated/closed, lost).
+    """
+
+    def __init__(
+        self,
+        mp: Multipath,
+        upper: asyncio.Protocol,
+        *,
+        label: str = "peer",
+        on_event: Callable[[Event], None] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__()
+        self.mp = mp
+        self._upper = upper
+        self.label = label
+        self._on_event = on_event
+        self._loop = loop or asyncio.get_running_loop()
+        self._transports: dict[int, asyncio.BaseTransport] = {}
+        self._writes: dict[int, Callable[[bytes], None]] = {}
+        self._closing = False
+        self._lost = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(TICK, self._tick)
+        self.direct_up = asyncio.Event()
+        self.stats = {"bytes_sent": 0, "bytes_received": 0}
+
+    # -- paths -----------------------------------------------------------------------
+
+    def add_path(self, kind: PathKind, transport: asyncio.BaseTransport, **info: object) -> int:
+        """Run ``transport`` as one of this session's paths (its protocol becomes a
+        :class:`PathProtocol`); returns the path id."""
+        pid = self.mp.add_path(kind, self._loop.time(), **info)
+        self._transports[pid] = transport
+        self._writes[pid] = transport.write  # type: ignore[attr-defined]
+        transport.set_protocol(PathProtocol(self, pid))
+        self._pump()
+        return pid
+
+    def adopt(self, transport: asyncio.BaseTransport, buffered: bytes, **info: object) -> int:
+        """A direct path a listener accepted, with the bytes it already read."""
+        pid = self.add_path(PathKind.DIRECT, transport, **info)
+        if buffered:
+            self._path_data(pid, buffered)
+        return pid
+
+    def _path_data(self, pid: int, data: bytes) -> None:
+        try:
+            frames = self.mp.receive(pid, data, self._loop.time())
+        except RemoteProtocolError as exc:
+            self._pump()
+            self._fail(exc)
+            return
+        if self.mp._outbox or self.mp._events:
+            self._pump()
+        if frames:
+            self.stats["bytes_received"] += sum(map(len, frames))
+            self._upper.data_received(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def _path_lost(self, pid: int, exc: Exception | None) -> None:
+        self._transports.pop(pid, None)
+        self._writes.pop(pid, None)
+        if self._closing:
+            return
+        why = f"connection lost: {exc}" if exc else "connection closed"
+        self.mp.path_lost(pid, self._loop.time(), why)
+        self._pump()
+
+    def _pump(self) -> None:
+        for pid, data in self.mp.data_to_send():
+            write = self._writes.get(pid)
+            if write is not None:
+                write(data)
+        for event in self.mp.events():
+            if isinstance(event, PathClosed):
+                transport = self._transports.pop(event.path, None)
+                self._writes.pop(event.path, None)
+                if transport is not None:
+                    transport.close()
+                log.info(
+                    f"didsession: {event.kind.value} path to {self.label} closed: {event.reason}"
+                )
+            elif isinstance(event, PathActivated):
+                if event.kind is PathKind.DIRECT:
+                    self.direct_up.set()
+                info = self.mp.paths()[event.path]
+                where = f" {info.get('local', '?')} -> {info.get('remote', '?')}"
+                log.info(
+                    f"didsession: session with {self.label} now on the {event.kind.value} path"
+                    f"{where if event.kind is PathKind.DIRECT else ''} ({event.reason})"
+                )
+            elif isinstance(event, PathsLost):
+                self._connection_lost(
+                    RemoteProtocolError(
+                        f"every path to {self.label} is gone: {event.reason}",
+                        code="e.p.msg.session.truncated",
+                    )
+                )
+            if self._on_event is not None:
+                self._on_event(event)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self._closing or self.mp.state is not MultipathState.OPEN:
+            return
+        self.mp.handle_timer(self._loop.time())
+        self._pump()
+        if not self._closing and self.mp.state is MultipathState.OPEN:
+            self._timer = self._loop.call_later(TICK, self._tick)
+
+    def spawn(self, coro: Any) -> None:
+        """Run a helper task (dialling) that ends with this transport."""
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the transport the layer above writes to -------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing:
+            return
+        data = bytes(data)
+        self.stats["bytes_sent"] += len(data)
+        pid = self.mp.send(data)
+        write = self._writes.get(pid)
+        if write is not None:
+            write(data)
+
+    def close(self) -> None:
+        """Close every path (what was written is flushed by each transport first)."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for transport in list(self._transports.values()):
+            transport.close()
+        self._transports.clear()
+        self._writes.clear()
+        self._loop.call_soon(self._connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def _fail(self, exc: RemoteProtocolError) -> None:
+        self._connection_lost(exc)
+        self.close()
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        if not self._lost:
+            self._lost = True
+            self._upper.connection_lost(exc)
+
+    def get_write_buffer_size(self) -> int:
+        transport = self._transports.get(self.mp.active)
+        if isinstance(transport, asyncio.WriteTransport):
+            return transport.get_write_buffer_size()
+        return 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "multipath":
+            return self
+        transport = self._transports.get(self.mp.active)
+        if name == "path":
+            kind = self.mp.path_kind(self.mp.active)
+            return kind.value if kind is not None else None
+        if transport is None:
+            return default
+        return transport.get_extra_info(name, default)
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def status(self) -> dict[str, Any]:
+        """Path, RTT, counters (for ``didsession status``)."""
+        kind = self.mp.path_kind(self.mp.active)
+        active = next((p for p in self.mp.paths() if p["active"]), None)
+        return {
+            "path": kind.value if kind is not None else None,
+            "local": active.get("local") if active else None,
+            "remote": active.get("remote") if active else None,
+            "rtt_ms": active.get("rtt_ms") if active else None,
+            "upgrades": self.mp.upgrades,
+            "fallbacks": self.mp.fallbacks,
+            "paths": self.mp.paths(),
+            **self.stats,
+        }
+
+
+class _Unnamed(asyncio.Protocol):
+    """A connection accepted by a :class:`PathListener` before its path check named the
+    session."""
+
+    def __init__(self, listener: PathListener) -> None:
+        self._listener = listener
+        self._buf = b""
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        if len(self._listener._unnamed) >= MAX_UNNAMED:
+            transport.close()
+            return
+        self._listener._unnamed.add(self)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(UNNAMED_TIMEOUT, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._buf += data
+        try:
+            attach_id = peek_attach_id(self._buf)
+        except FrameError:
+            self._transport.close()
+            return
+        if attach_id is None:
+            return
+        self._done()
+        owner = self._listener.sessions.get(attach_id)
+        if owner is None:
+            self._transport.close()  # no such session (here, or any more)
+            return
+        owner.adopt(
+            self._transport,
+            self._buf,
+            local=_fmt(self._transport.get_extra_info("sockname")),
+            remote=_fmt(self._transport.get_extra_info("peername")),
+            via="accepted",
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._done()
+
+    def _done(self) -> None:
+        self._listener._unnamed.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class PathListener:
+    """One TCP listener for the direct paths of every session of this process: each
+    connection is routed by the attach id its path check starts with (a connection naming
+    no live session is closed; the check itself happens in the session's core)."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[bytes, MultipathTransport] = {}
+        self._unnamed: set[_Unnamed] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def start(self, sock: socket.socket) -> None:
+        """Listen on a bound socket (see :func:`didsession.candidates.reusable_tcp_socket`)."""
+        loop = asyncio.get_running_loop()
+        sock.listen(64)
+        self.port = sock.getsockname()[1]
+        self._server = await loop.create_server(lambda: _Unnamed(self), sock=sock)
+
+    def register(self, attach_id: bytes, transport: MultipathTransport) -> None:
+        self.sessions[attach_id] = transport
+
+    def unregister(self, attach_id: bytes) -> None:
+        self.sessions.pop(attach_id, None)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._unnamed):
+            if conn._transport is not None:
+                conn._transport.close()
+
+
+async def dial_direct(
+    transport: MultipathTransport,
+    local_port: int | None,
+    candidates: Sequence[Candidate],
+    *,
+    timeout: float = 10.0,
+) -> bool:
+    """Dial the peer's candidates (TCP, simultaneous open through cone NATs) and run each
+    connection as a direct path, until one is verified or ``timeout``.  True if a direct
+    path is up."""
+    from didsession.candidates import dial
+
+    if not candidates:
+        return False
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    gen = dial(local_port, candidates, timeout=timeout)
+    waiter = loop.create_task(transport.direct_up.wait())
+    try:
+        while not transport.direct_up.is_set() and not transport.is_closing():
+            nxt = loop.create_task(anext(gen))
+            done, _ = await asyncio.wait(
+                {nxt, waiter},
+                timeout=max(0.0, deadline - loop.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if nxt not in done:
+                nxt.cancel()
+                with contextlib.suppress(BaseException):
+                    await nxt
+                break
+            try:
+                sock, cand = nxt.result()
+            except StopAsyncIteration:
+                break
+            if transport.is_closing():
+                sock.close()
+                break
+            tcp, _ = await loop.create_connection(PathProtocol, sock=sock)
+            transport.add_path(
+                PathKind.DIRECT,
+                tcp,
+                local=_fmt(tcp.get_extra_info("sockname")),
+                remote=_fmt(tcp.get_extra_info("peername")),
+                via=f"dialled {cand.type.value}",
+            )
+        if not transport.direct_up.is_set() and not transport.is_closing():
+            # Connected paths may still be finishing their check.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    await transport.direct_up.wait()
+        return transport.direct_up.is_set()
+    finally:
+        waiter.cancel()
+        await gen.aclose()
+
+
+def _fmt(addr: Any) -> str | None:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = str(addr[0])
+        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+    return str(addr) if addr else None
