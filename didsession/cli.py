@@ -28,6 +28,7 @@ from didsession.errors import (
     RemoteProtocolError,
 )
 from didsession.identity import Identity, Store, default_home
+from didsession.status import StatusBoard
 
 EXAMPLES = """\
 examples:
@@ -410,8 +411,20 @@ def _emit(args: argparse.Namespace, event: str, human: str, **fields: Any) -> No
         print(human, file=sys.stderr, flush=True)
 
 
-async def _chat(args: argparse.Namespace, session: Any, alias: str | None) -> None:
-    """Exchange lines: stdin -> peer, peer -> stdout, until either side ends."""
+async def _chat(
+    args: argparse.Namespace,
+    session: Any,
+    alias: str | None,
+    board: StatusBoard | None = None,
+    *,
+    snapshot: Callable[[float], Any] | None = None,
+) -> None:
+    """Exchange lines: stdin -> peer, peer -> stdout, until either side ends.
+
+    With ``board``, the session's status is published for 'didsession status' meanwhile.
+    """
+    from didsession.status import publish_session
+
     info = _session_info(session)
     who = f"{alias} ({session.peer_did})" if alias else session.peer_did
     path = info["path"]
@@ -436,6 +449,10 @@ async def _chat(args: argparse.Namespace, session: Any, alias: str | None) -> No
         session.close()
 
     sender = asyncio.create_task(pump_stdin())
+    # Cancelled in the finally below, it writes the session's final state.
+    publisher = (
+        asyncio.create_task(publish_session(board, session, snapshot=snapshot)) if board else None
+    )
     try:
         async for data in session:
             _emit(args, "message", "", text=data.decode("utf-8", errors="replace"))
@@ -444,6 +461,8 @@ async def _chat(args: argparse.Namespace, session: Any, alias: str | None) -> No
         raise
     finally:
         sender.cancel()
+        if publisher is not None:
+            publisher.cancel()
         transport.close()
     _emit(args, "closed", "session closed", session_id=info["session_id"])
 
@@ -464,13 +483,14 @@ def cmd_listen(args: argparse.Namespace) -> int:
             "('didsession accept URL')"
         )
     aliases = {c.did: c.alias for c in contacts}
+    board = StatusBoard(store.home, "listen")
 
     async def main() -> None:
         done = asyncio.Event()
 
         async def on_session(session: Any) -> None:
             try:
-                await _chat(args, session, aliases.get(session.peer_did))
+                await _chat(args, session, aliases.get(session.peer_did), board)
             finally:
                 if args.once:
                     done.set()
@@ -502,14 +522,163 @@ def cmd_listen(args: argparse.Namespace) -> int:
             port=sock[1],
             did=ident.did,
         )
-        async with server:
-            if args.once:
-                await done.wait()
-            else:
-                await server.serve_forever()
+        mediated = None
+        if ident.mediator and not args.no_mediator:
+            mediated = asyncio.create_task(
+                _serve_mediated(args, store, ident, allowed, aliases, board, done)
+            )
+        try:
+            async with server:
+                if args.once:
+                    await done.wait()
+                else:
+                    await server.serve_forever()
+        finally:
+            if mediated is not None:
+                mediated.cancel()
+                await asyncio.gather(mediated, return_exceptions=True)
 
     asyncio.run(main())
     return 0
+
+
+def _path_event(args: argparse.Namespace) -> Callable[[Any, Any], None]:
+    """Path changes of a session through the mediator, as events for the person."""
+    from didsession.session.multipath import PathActivated
+
+    def on_event(transport: Any, event: Any) -> None:
+        if isinstance(event, PathActivated):
+            info: dict[str, Any] = next(
+                (p for p in transport.mp.paths() if p["id"] == event.path), {}
+            )
+            where = (
+                f" {info.get('local')} -> {info.get('remote')}"
+                if event.kind.value == "direct"
+                else ""
+            )
+            _emit(
+                args,
+                "path",
+                f"now on the {event.kind.value} path{where} ({event.reason})",
+                path=event.kind.value,
+                reason=event.reason,
+                local=info.get("local"),
+                remote=info.get("remote"),
+            )
+
+    return on_event
+
+
+def _mediated_snapshot(mediated: Any, program: str, started: float) -> Any:
+    from didsession.status import session_status, with_path_info
+
+    def snapshot(now: float) -> Any:
+        status = session_status(
+            mediated.session, program=program, started=started, now=now, path=None
+        )
+        info = dict(mediated.transport.status())
+        info["relay_only"] = mediated.relay_only
+        return with_path_info(status, info)
+
+    return snapshot
+
+
+def _connect_via_mediator(args: argparse.Namespace, store: Any, ident: Any, contact: Any) -> int:
+    from didsession.direct import DirectPaths
+    from didsession.envelope import Envelope
+    from didsession.rendezvous import connect_via_mediator
+
+    async def main() -> None:
+        envelope = Envelope(_resolver(store))
+        direct = None if args.relay_only else DirectPaths(ident.mediator, stun=args.stun)
+        mediated = await connect_via_mediator(
+            ident,
+            _envelope_with(envelope, ident),
+            contact.did,
+            relay_only=args.relay_only,
+            direct=direct,
+            label=contact.alias,
+            on_event=_path_event(args),
+        )
+        board = StatusBoard(store.home, "connect")
+        try:
+            await _chat(
+                args,
+                mediated.session,
+                contact.alias,
+                board,
+                snapshot=_mediated_snapshot(mediated, "connect", time.time()),
+            )
+        finally:
+            await mediated.aclose()
+
+    asyncio.run(main())
+    return 0
+
+
+def _envelope_with(envelope: Any, ident: Any) -> Any:
+    from didsession.peer import envelope_for
+
+    return envelope_for(ident, envelope)
+
+
+async def _serve_mediated(
+    args: argparse.Namespace,
+    store: Any,
+    ident: Any,
+    allowed: set[str],
+    aliases: dict[str, str],
+    board: StatusBoard,
+    done: asyncio.Event,
+) -> None:
+    """``listen``'s second door: session requests through the identity's mediator."""
+    from didsession.direct import DirectPaths
+    from didsession.envelope import Envelope
+    from didsession.rendezvous import serve_via_mediator
+
+    envelope = _envelope_with(Envelope(_resolver(store)), ident)
+
+    async def on_session(mediated: Any) -> None:
+        try:
+            await _chat(
+                args,
+                mediated.session,
+                aliases.get(mediated.session.peer_did),
+                board,
+                snapshot=_mediated_snapshot(mediated, "listen", time.time()),
+            )
+        finally:
+            await mediated.aclose()
+            if args.once:
+                done.set()
+
+    def on_error(exc: Exception) -> None:
+        msg = exc.message if isinstance(exc, DidSessionError) else f"{type(exc).__name__}: {exc}"
+        _emit(args, "refused", f"refused a session: {msg}", error=msg)
+
+    def on_ready(info: Any) -> None:
+        _emit(
+            args,
+            "listening",
+            f"taking session requests through the mediator {info.endpoint}"
+            + (" (relay only)" if args.relay_only else ""),
+            mediator=info.endpoint,
+        )
+
+    try:
+        await serve_via_mediator(
+            ident,
+            envelope,
+            on_session,
+            accept_peer=allowed,
+            relay_only=args.relay_only,
+            direct=None if args.relay_only else DirectPaths(ident.mediator, stun=args.stun),
+            on_error=on_error,
+            on_ready=on_ready,
+            on_event=_path_event(args),
+        )
+    except DidSessionError as exc:
+        _emit(args, "error", f"mediator: {exc.message}", error=exc.message, code=exc.code)
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
@@ -520,10 +689,9 @@ def cmd_connect(args: argparse.Namespace) -> int:
     ident = _load(args)
     contact = store.find_contact(args.contact)
     if not args.to:
-        raise ConfigError(
-            "give the peer's address with --to HOST:PORT (finding it through the mediator "
-            "comes with the mediator)"
-        )
+        return _connect_via_mediator(args, store, ident, contact)
+    if args.relay_only:
+        raise ConfigError("--relay-only is for sessions through the mediator: drop --to")
     host, port = _parse_hostport(args.to)
 
     async def main() -> None:
@@ -539,9 +707,79 @@ def cmd_connect(args: argparse.Namespace) -> int:
                 "(is it the right address, and has that party accepted your invitation?)",
                 code=exc.code,
             ) from None
-        await _chat(args, session, contact.alias)
+        await _chat(args, session, contact.alias, StatusBoard(store.home, "connect"))
 
     asyncio.run(main())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from didsession.status import read_statuses, render_table
+
+    store = _store(args)
+
+    def warn(line: str) -> None:
+        print(f"didsession: warning: {line}", file=sys.stderr)
+
+    statuses = read_statuses(store.home, warn=warn)
+    if args.identity:
+        did = store.load(args.identity, unlock=False).did
+        statuses = [s for s in statuses if s.local_did == did]
+    names: dict[str, str] = {}
+    try:
+        resolver = PeerResolver()
+        for c in store.contacts():
+            names[c.did] = c.alias
+            names[resolver.short_form(c.did) or c.did] = c.alias  # a peer may use either form
+    except DidSessionError as exc:
+        warn(f"contact names unavailable: {exc.message}")
+    if args.json:
+        _print_json([dict(s.to_json(), peer_contact=names.get(s.peer_did)) for s in statuses])
+    elif not statuses:
+        print(f"no sessions running in {store.home}")
+    else:
+        print(render_table(statuses, names=names))
+    return 0
+
+
+def cmd_candidates(args: argparse.Namespace) -> int:
+    from didsession.candidates import MappingBehavior, gather, reusable_tcp_socket
+
+    stun = None
+    if args.stun:
+        try:
+            stun = _parse_hostport(args.stun)
+        except ConfigError:
+            raise ConfigError(
+                f"--stun must be HOST:PORT of a STUN server (e.g. 203.0.113.10:3478), "
+                f"got {args.stun!r}"
+            ) from None
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be 0..65535, got {args.port}")
+    try:  # held while gathering, so that port 0 means one port for every STUN test
+        holder = reusable_tcp_socket(args.port)
+    except OSError as exc:
+        raise ConfigError(f"cannot use TCP port {args.port}: {exc.strerror or exc}") from None
+    with holder:
+        port = holder.getsockname()[1]
+        found = asyncio.run(gather(tcp_port=port, stun=stun))
+    if args.json:
+        _print_json(found.to_json())
+        return 0
+    print(f"candidates for TCP port {port} (highest priority first):")
+    for c in found.candidates:
+        address = f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}"
+        print(f"  {c.type.value:<6} {c.proto} {address:<24} priority {c.priority}")
+    if stun is None:
+        print("NAT mapping: unknown (give --stun HOST:PORT, e.g. your mediator's STUN server)")
+    else:
+        print(f"NAT mapping: UDP {found.mapping.value}, TCP {found.tcp_mapping.value}")
+        if found.tcp_mapping is MappingBehavior.ENDPOINT_INDEPENDENT:
+            print("  a peer behind a cone NAT can reach this host by TCP simultaneous open")
+        elif found.tcp_mapping is MappingBehavior.ADDRESS_DEPENDENT:
+            print("  symmetric NAT: direct TCP only with peers on this LAN or with no NAT")
+    for problem in found.problems:
+        print(f"problem: {problem}")
     return 0
 
 
@@ -686,17 +924,85 @@ def build_parser() -> argparse.ArgumentParser:
         "--peer", action="append", metavar="CONTACT", help="accept only this contact (repeatable)"
     )
     p.add_argument("--once", action="store_true", help="exit after the first session ends")
+    p.add_argument(
+        "--no-mediator",
+        action="store_true",
+        help="only TCP: do not take session requests from this identity's mediator",
+    )
+    p.add_argument(
+        "--relay-only",
+        action="store_true",
+        help="sessions through the mediator stay on its relay; no address candidates",
+    )
+    p.add_argument(
+        "--stun", metavar="HOST:PORT", help="STUN server for candidates (default: the mediator's)"
+    )
 
     p = add(
         "connect",
         cmd_connect,
         "open a session with a contact and exchange lines typed on stdin",
-        "Open a session with CONTACT at --to HOST:PORT: a DIDComm authcrypt handshake (one "
-        "round trip) sets up symmetric keys; then every line is one AEAD frame.  Refused if "
-        "the DID that answers is not CONTACT's.",
+        "Open a session with CONTACT: a DIDComm authcrypt handshake (one round trip) sets "
+        "up symmetric keys; then every line is one AEAD frame.  Refused if the DID that "
+        "answers is not CONTACT's.\n\n"
+        "With --to HOST:PORT the session runs over a TCP connection to that address.  "
+        "Without it, everything goes through the mediators (for parties behind NAT): the "
+        "handshake as DIDComm messages via the mediator, carrying both sides' address "
+        "candidates; the session starts on the mediator's relay at once and moves to a "
+        "direct TCP path (hole punching through cone NATs) as soon as one is verified, "
+        "falling back to the relay if it dies, without losing a line.  --relay-only sends "
+        "no candidates, so the peer never learns your IP address.  'didsession status' "
+        "shows which path a session is on.",
     )
     p.add_argument("contact", metavar="CONTACT", help="contact alias or DID")
     p.add_argument("--to", metavar="HOST:PORT", help="the peer's listening address")
+    p.add_argument(
+        "--relay-only",
+        action="store_true",
+        help="through the mediator: stay on its relay, send no address candidates",
+    )
+    p.add_argument(
+        "--stun", metavar="HOST:PORT", help="STUN server for candidates (default: the mediator's)"
+    )
+
+    p = add(
+        "status",
+        cmd_status,
+        "show what every running session of this home is doing",
+        "Show the sessions that processes using this home run right now ('listen',\n"
+        "'connect', MPyC parties).  Each keeps one status file per session in\n"
+        "HOME/run/sessions/ (mode 0600), rewritten about every second while traffic\n"
+        "flows and at least every 2 s.  Sessions of processes that are gone are not\n"
+        "shown (their files are deleted); a closed session stays 10 s.\n\n"
+        "columns:\n"
+        "  PEER      the peer's contact name, else the start of its DID\n"
+        "  PROGRAM   the command running the session, and its process id\n"
+        "  STATE     open, closed or error\n"
+        "  PATH      direct (TCP) or relay (the mediator's relay): local -> remote address\n"
+        "  RTT       round-trip time of that path, once measured\n"
+        "  SENT      session bytes sent: frames with header and tag, handshake excluded\n"
+        "  RECEIVED  session bytes received, counted the same way\n"
+        "  REKEYS    key updates so far, both directions\n"
+        "  UPG/FB    upgrades to a better path / fallbacks after a path failed\n"
+        "  AGE       time since the session opened\n\n"
+        "--json prints a JSON list of the statuses with every field (and peer_contact).",
+    )
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+
+    p = add(
+        "candidates",
+        cmd_candidates,
+        "show the direct-path candidates this host would advertise, and its NAT's behaviour",
+        "Gather what a session would offer a peer for a direct TCP path: a host candidate per "
+        "address of this machine and, with --stun, the server-reflexive address the NAT gives "
+        "the port, plus the NAT's mapping behaviour (RFC 5780 tests against the STUN server "
+        "and its OTHER-ADDRESS).  Endpoint-independent mapping (a cone NAT) lets two parties "
+        "connect directly by TCP simultaneous open; address-dependent (symmetric) does not.",
+    )
+    p.add_argument("--stun", metavar="HOST:PORT", help="STUN server, e.g. the mediator's")
+    p.add_argument(
+        "--port", type=int, default=0, help="TCP port to gather for (default: any free one)"
+    )
 
     p = add(
         "demo",

@@ -42,9 +42,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from didsession.envelope import Envelope
 from didsession.errors import DidSessionError, ProtocolError, RemoteProtocolError
-from didsession.peer import envelope_for, handshake_codec
+from didsession.peer import HandshakeCodec
 from didsession.session import PROTOCOL_VERSION, Handshake, Role, SessionConfig
 from mpyc_adapter.agreement import (
     KEY_NAMES,
@@ -86,6 +85,10 @@ CONNECT_TIMEOUT = 3.0
 # How long a party that stops during start() goes on telling the others why.
 STOP_GRACE = 2.0
 RELAY_WAIT = 60.0
+# Set to "0" to keep links that start on the relay there (no candidates, no direct paths).
+DIRECT_ENV = "DIDSESSION_MPYC_DIRECT"
+# How long a link that started on the relay tries its peer's candidates for a direct path.
+DIAL_TIMEOUT = 10.0
 # Refusals a retry cannot fix (spec/session.md §10): stop instead of retrying forever.
 _FATAL_REFUSALS = ("e.p.msg.session.unauthorized", "e.p.mpyc")
 
@@ -123,8 +126,8 @@ class DidcommNetwork:
         self.roster = plan.roster
         self.pid = plan.pid
         self.identity = plan.identity
-        self.envelope: Envelope = envelope_for(plan.identity)
-        self._pack, self._unpack = handshake_codec(self.envelope, plan.identity.did)
+        self.codec = HandshakeCodec(plan.identity)
+        self._pack, self._unpack = self.codec.pack, self.codec.unpack
         self.program = self._program()
         self.links: dict[int, SessionTransport] = {}
         self.round = 0
@@ -138,6 +141,7 @@ class DidcommNetwork:
         self._orig_create_connection: Callable[..., Any] | None = None
         self._orig_create_server: Callable[..., Any] | None = None
         self.started_at = 0.0
+        self._direct: Any = None  # the NatPaths of this party, once a relay link needs them
         self.max_batch = int(os.environ.get(BATCH_ENV) or DEFAULT_MAX_BATCH)
         self.eager = os.environ.get(EAGER_ENV, "1") != "0"
 
@@ -182,8 +186,13 @@ class DidcommNetwork:
         link: SessionTransport | None = None
         try:
             link = await self._open_path(peer, host, port)
-            hs = self._handshake(Role.INITIATOR, peer_did=self.roster.parties[peer].did)
+            hs = self._handshake(
+                Role.INITIATOR,
+                peer_did=self.roster.parties[peer].did,
+                candidates=await self._candidates(link),
+            )
             await link.initiate(hs, self._pack, self._unpack, HANDSHAKE_TIMEOUT)
+            self._upgrade(link, hs)
         except DidSessionError as exc:
             if link is not None:
                 link.close()
@@ -283,7 +292,12 @@ class DidcommNetwork:
         )
 
     def _handshake(
-        self, role: Role, *, peer_did: str | None = None, accept: Any = None
+        self,
+        role: Role,
+        *,
+        peer_did: str | None = None,
+        accept: Any = None,
+        candidates: list[dict[str, Any]] | None = None,
     ) -> Handshake:
         ident = self.identity
         assert ident.x25519_secret is not None
@@ -291,11 +305,39 @@ class DidcommNetwork:
             role,
             local_did=ident.did,
             static_private=ident.x25519_secret,
-            peer_static_key=self.envelope.resolver.x25519_public,
+            peer_static_key=self.codec.x25519_public,
             peer_did=peer_did,
             accept_peer=accept,
             config=SessionConfig(timeout=HANDSHAKE_TIMEOUT),
+            candidates=candidates,
         )
+
+    # -- direct paths for links that start on the relay (spec/session.md §15) -------------
+
+    def _nat_traversal(self, link: SessionTransport) -> bool:
+        return (
+            link.path_info.get("path") == "relay"
+            and not self.roster.relay_only
+            and os.environ.get(DIRECT_ENV, "1") != "0"
+        )
+
+    async def _candidates(self, link: SessionTransport) -> list[dict[str, Any]] | None:
+        """Our address candidates for a link on the relay (None: send none)."""
+        if not self._nat_traversal(link):
+            return None
+        if self._direct is None:
+            from mpyc_adapter.nat import NatPaths
+
+            assert self.roster.mediator is not None
+            self._direct = NatPaths(self.roster.mediator)
+        return await self._direct.candidates()
+
+    def _upgrade(self, link: SessionTransport, hs: Handshake) -> None:
+        """After the handshake on the relay: run the link over multipath and dial the
+        peer's candidates; the link moves to a direct path as soon as one is verified."""
+        if self._direct is None or not self._nat_traversal(link):
+            return
+        self._direct.upgrade(link, hs.peer_candidates)
 
     async def _relay(self, link: SessionTransport, peer: int) -> None:
         mediator = self.roster.mediator
@@ -305,7 +347,7 @@ class DidcommNetwork:
             lambda: link,
             mediator=mediator,
             local_did=self.identity.did,
-            envelope=self.envelope,
+            envelope=self.codec.envelope,
             session_id=relay_session_id(self.roster, low, high, self.round),
             peer_did=self.roster.parties[peer].did,
             wait=RELAY_WAIT,
@@ -356,8 +398,11 @@ class DidcommNetwork:
             link = self._new_link(peer, PathKind.RELAY)
             try:
                 await self._relay(link, peer)
-                hs = self._handshake(Role.RESPONDER, accept={did})
+                hs = self._handshake(
+                    Role.RESPONDER, accept={did}, candidates=await self._candidates(link)
+                )
                 await link.respond(hs, self._pack, self._unpack, HANDSHAKE_TIMEOUT)
+                self._upgrade(link, hs)
                 break
             except DidSessionError as exc:
                 link.close()
@@ -434,14 +479,14 @@ class DidcommNetwork:
         self.links[peer] = link
         link.attach(protocol, expect_pid=expect_pid)
         chan = link.channel
-        info = link.path_info
+        path = link.get_extra_info("path")
         where = ""
-        if info.get("path") == "direct":
+        if path == "direct":
             sock, remote = link.get_extra_info("sockname"), link.get_extra_info("peername")
             if sock and remote:
                 where = f" {_addr(sock)} -> {_addr(remote)}"
         log.info(
-            f"didsession: link with {link.label}: {info.get('path', '?')}{where}, "
+            f"didsession: link with {link.label}: {path or '?'}{where}, "
             f"session {chan.session_id.hex()[:8]}, {chan.suite.value}"
         )
 
@@ -548,7 +593,7 @@ class DidcommNetwork:
                     "peer": peer,
                     "peer_did": self.roster.parties[peer].did,
                     "round": self.round,
-                    "path": link.path_info.get("path"),
+                    "path": link.get_extra_info("path"),
                     "local": _addr(link.get_extra_info("sockname")),
                     "remote": _addr(link.get_extra_info("peername")),
                     "suite": link.channel.suite.value,

@@ -20,14 +20,15 @@ import asyncio
 import contextlib
 import hashlib
 import ipaddress
-from collections import deque
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING
 
-from didsession.envelope import Envelope
-from didsession.errors import DidSessionError, MediationError
+from didsession.relay_transport import RelayPath
 from mpyc_adapter.roster import Roster
+
+if TYPE_CHECKING:
+    from didsession.envelope import Envelope
 
 __all__ = [
     "RELAY_RECORD_LIMIT",
@@ -96,82 +97,6 @@ def relay_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-class RelayPath(asyncio.Transport):
-    """A relay link as an asyncio transport driving a Protocol: each ``write`` becomes one
-    relay frame, each relay frame one ``data_received``; sends keep their order."""
-
-    def __init__(self, link: Any, protocol: asyncio.Protocol, stack: contextlib.AsyncExitStack):
-        super().__init__()
-        self._link = link
-        self._protocol = protocol
-        self._stack = stack
-        self._pending: deque[bytes] = deque()
-        self._wake = asyncio.Event()
-        self._closing = False
-        self._lost = False
-        loop = asyncio.get_running_loop()
-        self._sender = loop.create_task(self._send_loop())
-        self._receiver = loop.create_task(self._recv_loop())
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closing:
-            return
-        self._pending.append(bytes(data))
-        self._wake.set()
-
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def close(self) -> None:
-        if not self._closing:
-            self._closing = True
-            self._wake.set()
-
-    def abort(self) -> None:
-        self._closing = True
-        self._pending.clear()
-        self._wake.set()
-
-    def get_write_buffer_size(self) -> int:
-        return sum(map(len, self._pending))
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": "relay", "sockname": "relay"}.get(name, default)
-
-    async def _send_loop(self) -> None:
-        error: BaseException | None = None
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while self._pending:
-                    await self._link.send(self._pending.popleft())
-                if self._closing:
-                    return
-        except DidSessionError as exc:
-            error = exc
-        finally:
-            self._receiver.cancel()
-            with contextlib.suppress(Exception):
-                await self._stack.aclose()
-            self._connection_lost(error)
-
-    async def _recv_loop(self) -> None:
-        data_received = self._protocol.data_received
-        try:
-            while True:
-                data_received(await self._link.recv())
-        except MediationError as exc:
-            self._closing = True
-            self._wake.set()
-            self._connection_lost(exc)
-
-    def _connection_lost(self, exc: BaseException | None) -> None:
-        if not self._lost:
-            self._lost = True
-            self._protocol.connection_lost(exc if isinstance(exc, Exception) else None)
 
 
 async def open_relay_path(

@@ -42,9 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from didsession.did import PeerResolver, check_did_syntax
+from didsession.authcrypt import NeedsFullEnvelope, check_did_syntax, did_keys
 from didsession.errors import ConfigError, DIDError, InvitationError
-from didsession.invitation import parse_invitation, read_invitation_source
 
 __all__ = [
     "MAX_PARTIES",
@@ -217,15 +216,25 @@ def _check_parties(parties: Sequence[Party]) -> None:
     if len(parties) > MAX_PARTIES:
         raise ConfigError(f"roster: {len(parties)} parties; at most {MAX_PARTIES}")
     seen: dict[str, int] = {}
-    resolver = PeerResolver(capacity=max(8, len(parties)))
     for i, party in enumerate(parties):
         if party.did in seen:
             raise ConfigError(f"roster: parties {seen[party.did]} and {i} have the same DID")
         seen[party.did] = i
         try:
-            resolver.x25519_public(party.did)
+            _check_keys(party.did)
         except DIDError as exc:
             raise ConfigError(f"roster: party {i}'s DID cannot be used: {exc.message}") from None
+
+
+def _check_keys(did: str) -> None:
+    """DIDError unless ``did`` has an X25519 keyAgreement key, read from the DID itself
+    (the DID-document libraries are loaded only for a DID that needs them)."""
+    try:
+        did_keys(did)
+    except NeedsFullEnvelope:
+        from didsession.did import PeerResolver
+
+        PeerResolver(capacity=4).x25519_public(did)
 
 
 def parse_addr(text: str) -> tuple[str, int]:
@@ -299,6 +308,9 @@ def roster_from_invitations(
         InvitationError: an invitation cannot be read or parsed (its position is named).
         ConfigError: duplicate DIDs, too many addresses, bad addresses.
     """
+    from didsession.did import PeerResolver
+    from didsession.invitation import parse_invitation, read_invitation_source
+
     sources = list(sources)
     if len(addrs) > len(sources):
         raise ConfigError(f"{len(addrs)} addresses for {len(sources)} invitations")

@@ -228,10 +228,12 @@ def test_five_parties_with_mixed_paths(
     last = roster.parties[4]
     Roster((*roster.parties[:4], Party(last.did, last.label)), mediator=mediator.url).save(path)
     results = ok(parties.didcomm("arrays.py", ["5"], path, 5, tmp_path))
-    assert all(r.lines == expected for r in results)
-    assert "link with party 4 (p4): relay" in results[0].out
+    for r in results:
+        assert r.lines == expected, r.out
+    # Links to party 4 start on the relay (then look for a direct path, see below).
+    assert "session with party 4 (p4) now on the relay path (initial)" in results[0].out
     assert "link with party 1 (p1): direct" in results[0].out
-    assert "link with party 3 (p3): relay" in results[4].out
+    assert "session with party 3 (p3) now on the relay path (initial)" in results[4].out
 
 
 def test_an_unreachable_address_falls_back_to_the_relay(
@@ -339,3 +341,19 @@ def test_help_lists_didcomm_and_bad_options_fail_early(tmp_path: Path) -> None:
         assert (
             run.stderr.decode().startswith("didsession: error: ") and message in run.stderr.decode()
         )
+
+
+def test_links_without_addresses_start_on_the_relay_and_go_direct(
+    parties: Parties, tcp_workload: list[str], mediator: EmbeddedMediator, tmp_path: Path
+) -> None:
+    """No party has an address: every link starts on the relay with candidates in its
+    handshake, then moves to a verified direct path; outputs stay identical to TCP."""
+    path = parties.roster(3, mediator=mediator.url)
+    roster = Roster.from_json(json.loads(path.read_text()))
+    Roster(tuple(Party(p.did, p.label) for p in roster.parties), mediator=mediator.url).save(path)
+    results = parties.didcomm(*WORKLOAD, path, 3, tmp_path)
+    ok(results)
+    for r in results:
+        assert r.lines[:-1] == tcp_workload[:-1]
+        assert "direct-path candidates: host 127.0.0.1:" in r.out
+        assert "now on the direct path" in r.out and "(upgrade)" in r.out

@@ -66,7 +66,18 @@ def test_two_processes_exchange_lines(pair: tuple[Cli, Cli]) -> None:
         assert listener.stdin is not None and connector.stdin is not None
         listener.stdin.write(b"welcome bob\n")
         listener.stdin.flush()
-        out_b, err_b = connector.communicate(("\n".join(lines) + "\n").encode(), timeout=30)
+        connector.stdin.write(("\n".join(lines) + "\n").encode())
+        connector.stdin.flush()
+        # Bob ends the session only once alice's line is in: closing a session drops what
+        # is still in flight towards the closing side (spec §9), so wait for it first.
+        assert connector.stdout is not None
+        early = []
+        while not any('"welcome bob"' in line for line in early):
+            line = connector.stdout.readline().decode()
+            assert line, "connect ended before alice's line arrived"
+            early.append(line)
+        out_b, err_b = connector.communicate(timeout=30)
+        out_b = "".join(early).encode() + out_b
         out_a, err_a = listener.communicate(timeout=30)
     finally:
         listener.kill()

@@ -550,3 +550,69 @@ def test_arbitrary_bytes_give_remote_errors(blob: bytes) -> None:
     _, rh = make_handshakes()
     with pytest.raises(RemoteProtocolError):
         rh.receive_message(blob, ALICE, 0.0)
+
+
+# -- address candidates (spec §15.1) ----------------------------------------------------------
+
+_CAND_I = {"type": "host", "proto": "tcp", "host": "192.168.1.10", "port": 4000, "priority": 9}
+_CAND_R = {"type": "srflx", "proto": "tcp", "host": "203.0.113.7", "port": 5000, "priority": 7}
+
+
+def _with_candidates(
+    ours: list[dict[str, object]] | None, theirs: list[dict[str, object]] | None
+) -> tuple[Handshake, Handshake]:
+    ih, _ = make_handshakes()
+    ih._candidates = tuple(ours) if ours is not None else None  # as if given to __init__
+    rh = Handshake(
+        Role.RESPONDER,
+        local_did=BOB,
+        static_private=STATIC[BOB],
+        peer_static_key=resolve,
+        candidates=theirs,
+    )
+    return ih, rh
+
+
+def test_candidates_travel_in_request_and_accept_and_bind_the_keys() -> None:
+    ih, rh = _with_candidates([_CAND_I], [_CAND_R])
+    req = ih.initiate(0.0)
+    assert json.loads(req.plaintext)["body"]["candidates"] == [_CAND_I]
+    rh.receive_message(req.plaintext, ALICE, 0.0)
+    (acc,) = rh.messages_to_send()
+    ih.receive_message(acc.plaintext, BOB, 0.0)
+    assert rh.peer_candidates == (_CAND_I,) and ih.peer_candidates == (_CAND_R,)
+    assert ih.channel.session_id == rh.channel.session_id
+    # Another address in the request gives another transcript: nobody can swap it.
+    ih2, rh2 = _with_candidates([{**_CAND_I, "port": 4001}], [_CAND_R])
+    req2 = ih2.initiate(0.0)
+    rh2.receive_message(req2.plaintext, ALICE, 0.0)
+    assert rh2.channel.transcript_hash != rh.channel.transcript_hash
+
+
+def test_relay_only_sends_no_candidates() -> None:
+    ih, rh = _with_candidates(None, None)
+    req = ih.initiate(0.0)
+    assert "candidates" not in json.loads(req.plaintext)["body"]
+    rh.receive_message(req.plaintext, ALICE, 0.0)
+    (acc,) = rh.messages_to_send()
+    assert "candidates" not in json.loads(acc.plaintext)["body"]
+    assert rh.peer_candidates is None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not a list",
+        [_CAND_I] * 17,
+        ["a string"],
+        [{"type": "host", "pad": "x" * 300}],
+    ],
+    ids=["not-list", "too-many", "not-object", "too-large"],
+)
+def test_malformed_candidates_are_refused(bad: object) -> None:
+    ih, rh = make_handshakes()
+    req = json.loads(ih.initiate(0.0).plaintext)
+    req["body"]["candidates"] = bad
+    with pytest.raises(RemoteProtocolError) as info:
+        rh.receive_message(json.dumps(req).encode(), ALICE, 0.0)
+    assert info.value.code == "e.p.msg.session.malformed"

@@ -105,7 +105,7 @@ _MAX_NAME = 64
 _MAX_DID = 8192
 _MAX_COMMENT = 1024
 _MALFORMED = "e.p.msg.session.malformed"
-# Address candidates in request/accept (spec §13.1).
+# Address candidates in request/accept (spec §15.1).
 MAX_CANDIDATES = 16
 _MAX_CANDIDATE_JSON = 256
 
@@ -308,7 +308,7 @@ def _limits(d: dict[str, Any]) -> Limits:
 
 
 def _candidates(body: dict[str, Any]) -> tuple[dict[str, Any], ...] | None:
-    """The optional ``candidates`` member (spec §13.1): a short list of small objects.  Their
+    """The optional ``candidates`` member (spec §15.1): a short list of small objects.  Their
     fields are checked where they are used (:mod:`didsession.candidates`); here only that
     they cannot be large."""
     value = body.get("candidates")

@@ -247,7 +247,7 @@ def make_aead(suite: Suite, key: bytes) -> AESGCM | ChaCha20Poly1305:
 
 
 def path_check_key(resumption_secret: bytes) -> bytes:
-    """The key that authenticates path checks and multipath messages (spec §13.2): from
+    """The key that authenticates path checks and multipath messages (spec §15.2): from
     the resumption secret, so only the two ends of the session can derive it."""
     return _expand(resumption_secret, "path check", 32)
 

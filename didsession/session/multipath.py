@@ -1,4 +1,4 @@
-"""One session over several byte paths: path checks, upgrade, fallback (spec/session.md §13).
+"""One session over several byte paths: path checks, upgrade, fallback (spec/session.md §15).
 
 Theory of operation
 -------------------
@@ -10,7 +10,7 @@ and hands the receiving channel its peer's frames in counter order, each exactly
 
 * **Paths** (``PathKind``): the mediator's relay, where a session starts at once, and
   direct TCP connections found from the candidates of the handshake.  A direct path is
-  CHECKING until a path check (§13.2) proves that the other end holds this session's keys;
+  CHECKING until a path check (§15.2) proves that the other end holds this session's keys;
   then VERIFIED.  A relay path is added VERIFIED: the handshake itself ran on it.
 * **Sending**: every frame goes out on the *active* path: the best verified path (direct
   before relay, then the one verified first).  A frame stays *retained* until the peer
@@ -26,7 +26,7 @@ and hands the receiving channel its peer's frames in counter order, each exactly
   RTT.  A path that received nothing for ``dead_after`` seconds while a ping is
   outstanding is dead.
 
-Wire format on a path (§13.3): session stream frames as they are (``u32 L`` with the top
+Wire format on a path (§15.3): session stream frames as they are (``u32 L`` with the top
 bit clear), interleaved with multipath messages ``u32 (0x80000000 | n) || type || fields ||
 mac16``, ``mac16`` an HMAC-SHA256 (truncated) under the path-check key over the sender's
 role, the type and the fields.  The core takes bytes in (:meth:`receive`) and gives
@@ -288,7 +288,7 @@ class Multipath:
                     "rtt_ms": None if p.rtt is None else round(p.rtt * 1000, 2),
                     "bytes_in": p.bytes_in,
                     "bytes_out": p.bytes_out,
-                    "reason": p.reason,
+                    **({"reason": p.reason} if p.reason else {}),
                     **p.info,
                 }
             )
@@ -445,7 +445,7 @@ class Multipath:
         if self.active >= 0:
             self._queue_mux(self.active, _ACK, _U64.pack(self._rx_next))
 
-    # -- path checks (spec §13.2) ---------------------------------------------------------------
+    # -- path checks (spec §15.2) ---------------------------------------------------------------
 
     def _check(self, path: _Path) -> bool:
         """Advance a CHECKING path; True once it is VERIFIED (the rest of its buffer is then
@@ -551,7 +551,7 @@ class Multipath:
             f"the session lost its paths: {reason}", code="e.p.msg.session.paths"
         )
 
-    # -- multipath messages (spec §13.3) -------------------------------------------------------
+    # -- multipath messages (spec §15.3) -------------------------------------------------------
 
     def _queue_mux(self, pid: int, kind: int, fields: bytes) -> None:
         body = bytes((kind,)) + fields

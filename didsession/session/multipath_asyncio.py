@@ -1,4 +1,4 @@
-"""Asyncio shell of :class:`~didsession.session.multipath.Multipath` (spec/session.md §13).
+"""Asyncio shell of :class:`~didsession.session.multipath.Multipath` (spec/session.md §15).
 
 :class:`MultipathTransport` is the one transport the layer above sees (MPyC's
 ``SessionTransport`` or a :class:`~didsession.session.stream.Session`): ``write`` takes
@@ -112,13 +112,14 @@ class MultipathTransport(asyncio.Transport):
         self.mp = mp
         self._upper = upper
         self.label = label
-        self._on_event = on_event
+        self.on_event = on_event
         self._loop = loop or asyncio.get_running_loop()
         self._transports: dict[int, asyncio.BaseTransport] = {}
         self._writes: dict[int, Callable[[bytes], None]] = {}
         self._closing = False
         self._lost = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing_paths: list[asyncio.BaseTransport] = []
         self._timer: asyncio.TimerHandle | None = self._loop.call_later(TICK, self._tick)
         self.direct_up = asyncio.Event()
         self.stats = {"bytes_sent": 0, "bytes_received": 0}
@@ -171,6 +172,7 @@ class MultipathTransport(asyncio.Transport):
                 write(data)
         for event in self.mp.events():
             if isinstance(event, PathClosed):
+                log.debug(f"didsession: path {event.path} to {self.label} closed: {event.reason}")
                 transport = self._transports.pop(event.path, None)
                 self._writes.pop(event.path, None)
                 if transport is not None:
@@ -194,8 +196,8 @@ class MultipathTransport(asyncio.Transport):
                         code="e.p.msg.session.truncated",
                     )
                 )
-            if self._on_event is not None:
-                self._on_event(event)
+            if self.on_event is not None:
+                self.on_event(event)
 
     def _tick(self) -> None:
         self._timer = None
@@ -210,7 +212,12 @@ class MultipathTransport(asyncio.Transport):
         """Run a helper task (dialling) that ends with this transport."""
         task = self._loop.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning(f"didsession: looking for a direct path to {self.label} failed: {exc!r}")
 
     # -- the transport the layer above writes to -------------------------------------
 
@@ -233,7 +240,8 @@ class MultipathTransport(asyncio.Transport):
             self._timer.cancel()
         for task in list(self._tasks):
             task.cancel()
-        for transport in list(self._transports.values()):
+        self._closing_paths = list(self._transports.values())
+        for transport in self._closing_paths:
             transport.close()
         self._transports.clear()
         self._writes.clear()
@@ -241,6 +249,15 @@ class MultipathTransport(asyncio.Transport):
 
     def abort(self) -> None:
         self.close()
+
+    async def wait_closed(self) -> None:
+        """After :meth:`close`: until the paths that can say so are closed (a relay
+        link's WebSocket, so that nothing is left behind when the event loop ends)."""
+        waits = [t.wait_closed() for t in self._closing_paths if hasattr(t, "wait_closed")]
+        if waits:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await asyncio.gather(*waits, return_exceptions=True)
 
     def is_closing(self) -> bool:
         return self._closing
@@ -297,11 +314,11 @@ class _Unnamed(asyncio.Protocol):
     def __init__(self, listener: PathListener) -> None:
         self._listener = listener
         self._buf = b""
-        self._transport: asyncio.Transport | None = None
+        # Any: uvloop's transports do not derive from asyncio's classes.
+        self._transport: Any = None
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         if len(self._listener._unnamed) >= MAX_UNNAMED:
             transport.close()
@@ -323,6 +340,7 @@ class _Unnamed(asyncio.Protocol):
         self._done()
         owner = self._listener.sessions.get(attach_id)
         if owner is None:
+            log.debug("didsession: a direct connection named no session of ours; closed")
             self._transport.close()  # no such session (here, or any more)
             return
         owner.adopt(
@@ -359,7 +377,8 @@ class PathListener:
         loop = asyncio.get_running_loop()
         sock.listen(64)
         self.port = sock.getsockname()[1]
-        self._server = await loop.create_server(lambda: _Unnamed(self), sock=sock)
+        # The class's method: an MPyC party shadows the loop's create_server while it starts.
+        self._server = await type(loop).create_server(loop, lambda: _Unnamed(self), sock=sock)
 
     def register(self, attach_id: bytes, transport: MultipathTransport) -> None:
         self.sessions[attach_id] = transport
@@ -392,28 +411,33 @@ async def dial_direct(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     gen = dial(local_port, candidates, timeout=timeout)
+
+    async def next_connection() -> tuple[socket.socket, Candidate]:
+        return await anext(gen)
+
     waiter = loop.create_task(transport.direct_up.wait())
+    nxt: asyncio.Task[tuple[socket.socket, Candidate]] | None = None
     try:
         while not transport.direct_up.is_set() and not transport.is_closing():
-            nxt = loop.create_task(anext(gen))
-            done, _ = await asyncio.wait(
+            nxt = loop.create_task(next_connection())
+            await asyncio.wait(
                 {nxt, waiter},
                 timeout=max(0.0, deadline - loop.time()),
                 return_when=asyncio.FIRST_COMPLETED,
             )
-            if nxt not in done:
-                nxt.cancel()
-                with contextlib.suppress(BaseException):
-                    await nxt
+            if not nxt.done():
                 break
             try:
                 sock, cand = nxt.result()
             except StopAsyncIteration:
                 break
+            finally:
+                nxt = None
             if transport.is_closing():
                 sock.close()
                 break
-            tcp, _ = await loop.create_connection(PathProtocol, sock=sock)
+            log.debug(f"didsession: connected to {transport.label} at {cand.host}:{cand.port}")
+            tcp, _ = await type(loop).create_connection(loop, PathProtocol, sock=sock)
             transport.add_path(
                 PathKind.DIRECT,
                 tcp,
@@ -429,7 +453,14 @@ async def dial_direct(
         return transport.direct_up.is_set()
     finally:
         waiter.cancel()
-        await gen.aclose()
+        if nxt is not None and not nxt.done():
+            nxt.cancel()
+            with contextlib.suppress(BaseException):
+                await nxt
+        aclose = getattr(gen, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(RuntimeError):
+                await aclose()
 
 
 def _fmt(addr: Any) -> str | None:

@@ -93,6 +93,10 @@ class Session:
         self._decoder.max_size = own_max + OVERHEAD - 4
         self._decoder.min_size = OVERHEAD - 4
         self._timer: asyncio.TimerHandle | None = None
+        # Wire counters for status displays (didsession/status.py): session frames only.
+        self._bytes_sent = 0
+        self._bytes_received = 0
+        self._frames_received = 0
         self._arm_timer()
 
     # -- properties ------------------------------------------------------------------
@@ -136,6 +140,26 @@ class Session:
         """True once the channel left ESTABLISHED."""
         return self._channel.state is not ChannelState.ESTABLISHED
 
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes of session frames written so far (headers and tags included)."""
+        return self._bytes_sent
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes of session frames received so far (headers and tags included)."""
+        return self._bytes_received
+
+    @property
+    def frames_sent(self) -> int:
+        """Frames sealed so far, control frames included."""
+        return self._channel.frames_sent
+
+    @property
+    def frames_received(self) -> int:
+        """Frames received so far, control frames included."""
+        return self._frames_received
+
     # -- data ------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
@@ -144,7 +168,9 @@ class Session:
         Raises:
             LocalProtocolError: the session is closed or ``data`` is too large.
         """
-        self._writer.write(self._channel.seal(data))
+        frame = self._channel.seal(data)
+        self._bytes_sent += len(frame)
+        self._writer.write(frame)
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its high-water mark."""
@@ -175,6 +201,8 @@ class Session:
                         )
                     decoder.feed(data)
                     continue
+                self._frames_received += 1
+                self._bytes_received += len(frame)
                 payload = channel.open(frame)
             except RemoteProtocolError as exc:
                 channel.abort(exc)
@@ -230,7 +258,9 @@ class Session:
     def _transmit(self) -> None:
         frames = self._channel.data_to_send()
         if frames and not self._writer.is_closing():
-            self._writer.write(b"".join(frames))
+            data = b"".join(frames)
+            self._bytes_sent += len(data)
+            self._writer.write(data)
 
     def _shutdown(self) -> None:
         self._transmit()

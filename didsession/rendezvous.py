@@ -1,0 +1,279 @@
+"""Sessions between parties that cannot reach each other: everything through the mediator.
+
+The session handshake travels as DIDComm messages through the mediator (spec/session.md
+§4.4: the ``request`` forwarded to the responder's mailbox, the ``accept`` to the
+initiator's, both picked up live), carrying each side's address candidates unless it is
+relay-only.  The established session then runs over the mediator's relay at once, as a
+:class:`~didsession.session.multipath_asyncio.MultipathTransport` that upgrades to a direct
+TCP path when one is verified and falls back to the relay when it dies
+(:mod:`didsession.direct`).  The relay only ever sees sealed frames.
+
+* :func:`connect_via_mediator`: the initiator (``didsession connect NAME`` without
+  ``--to``);
+* :func:`serve_via_mediator`: the responder (``didsession listen`` of an identity with a
+  mediator): picks requests up live and runs each accepted session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
+
+from didsession.direct import DirectPaths
+from didsession.envelope import Envelope
+from didsession.errors import ConfigError, DidSessionError, RemoteProtocolError
+from didsession.identity import Identity
+from didsession.mediation import (
+    MediatorClient,
+    MediatorInfo,
+    mediator_info,
+    open_relay,
+    send_packed,
+)
+from didsession.relay_transport import RelayPath
+from didsession.session import Channel, Event, Handshake, MessageType, Role, SessionRefused
+from didsession.session.multipath import PathKind
+from didsession.session.multipath_asyncio import (
+    MultipathTransport,
+    PathProtocol,
+    multipath_for,
+)
+from didsession.session.stream import Session
+
+__all__ = ["MediatedSession", "connect_via_mediator", "serve_via_mediator"]
+
+log = logging.getLogger("didsession.paths")
+
+HANDSHAKE_TIMEOUT = 30.0
+RELAY_WAIT = 30.0
+
+
+class MediatedSession:
+    """An established session on the relay (and later direct paths): the stream
+    :class:`Session` to use, and its multipath transport (paths, RTT, for status)."""
+
+    def __init__(self, session: Session, transport: MultipathTransport, relay_only: bool):
+        self.session = session
+        self.transport = transport
+        self.relay_only = relay_only
+
+    async def aclose(self) -> None:
+        """Close the session and wait until its paths are closed."""
+        self.session.close()
+        self.transport.close()
+        await self.transport.wait_closed()
+
+
+def _mediator_of(identity: Identity) -> str:
+    if not identity.mediator:
+        raise ConfigError(
+            f"identity {identity.name!r} has no mediator: give the peer's address with "
+            "--to HOST:PORT, or create an identity with 'didsession init --mediator URL'"
+        )
+    return identity.mediator
+
+
+async def _on_relay(
+    identity: Identity,
+    envelope: Envelope,
+    info: MediatorInfo,
+    channel: Channel,
+    peer_candidates: Any,
+    direct: DirectPaths | None,
+    label: str,
+    relay_only: bool,
+    on_event: Callable[[MultipathTransport, Event], None] | None,
+) -> MediatedSession:
+    """Open the relay for the session, run the session over multipath on it."""
+    loop = asyncio.get_running_loop()
+    stack = contextlib.AsyncExitStack()
+    try:
+        link = await stack.enter_async_context(
+            open_relay(
+                info,
+                identity.did,
+                channel.session_id.hex(),
+                channel.peer_did,
+                envelope=envelope,
+                wait=RELAY_WAIT,
+            )
+        )
+    except BaseException:
+        await stack.aclose()
+        raise
+    reader = asyncio.StreamReader()
+    protocol = asyncio.StreamReaderProtocol(reader)
+    mpt = MultipathTransport(multipath_for(channel, now=loop.time()), protocol, label=label)
+    if on_event is not None:
+        mpt.on_event = lambda event: on_event(mpt, event)
+    protocol.connection_made(mpt)
+    writer = asyncio.StreamWriter(mpt, protocol, reader, loop)
+    relay = RelayPath(link, PathProtocol(), stack)
+    mpt.add_path(PathKind.RELAY, relay, local="relay", remote=info.relay_url)
+    if direct is not None and not relay_only:
+        direct.attach(mpt, channel, peer_candidates)
+    return MediatedSession(Session(reader, writer, channel), mpt, relay_only)
+
+
+async def connect_via_mediator(
+    identity: Identity,
+    envelope: Envelope,
+    peer_did: str,
+    *,
+    relay_only: bool = False,
+    direct: DirectPaths | None = None,
+    label: str | None = None,
+    timeout: float = HANDSHAKE_TIMEOUT,
+    on_event: Callable[[MultipathTransport, Event], None] | None = None,
+) -> MediatedSession:
+    """A session with ``peer_did`` through the mediators (see the module docstring).
+
+    Raises:
+        ConfigError: this identity has no mediator.
+        RemoteProtocolError: refused, no answer within ``timeout``, or the handshake broke.
+        MediationError: the mediator or the relay failed.
+    """
+    info = await mediator_info(_mediator_of(identity), resolver_envelope=envelope)
+    if direct is None and not relay_only:
+        direct = DirectPaths(info.endpoint)
+    cands = None if relay_only or direct is None else await direct.candidates()
+    assert identity.x25519_secret is not None
+    hs = Handshake(
+        Role.INITIATOR,
+        local_did=identity.did,
+        static_private=identity.x25519_secret,
+        peer_static_key=envelope.resolver.x25519_public,
+        peer_did=peer_did,
+        candidates=cands,
+    )
+    async with MediatorClient(info, identity.did, envelope, transport="ws") as client:
+        live = client.live()
+        out = hs.initiate(time.time())
+        packed = await envelope.pack_plaintext(out.plaintext, to=out.to, frm=identity.did)
+        await send_packed(packed)
+        try:
+            async with asyncio.timeout(timeout):
+                async for received in live:
+                    msg = received.message
+                    if msg.sender_did != peer_did:
+                        log.warning(f"didsession: ignored a message from {msg.sender_did}")
+                        continue
+                    events = hs.receive_message(msg.plaintext, msg.sender_did, time.time())
+                    for event in events:
+                        if isinstance(event, SessionRefused):
+                            raise RemoteProtocolError(
+                                f"the peer refused the session: {event.comment}", code=event.code
+                            )
+                    break
+        except TimeoutError:
+            raise RemoteProtocolError(
+                f"no answer to the session request within {timeout:g} s (is the peer "
+                "listening, and has it accepted your invitation?)",
+                code="e.p.msg.session.timeout",
+            ) from None
+        finally:
+            await live.aclose()  # type: ignore[attr-defined]
+    return await _on_relay(
+        identity,
+        envelope,
+        info,
+        hs.channel,
+        hs.peer_candidates,
+        direct,
+        label or peer_did[:24],
+        relay_only,
+        on_event,
+    )
+
+
+async def serve_via_mediator(
+    identity: Identity,
+    envelope: Envelope,
+    on_session: Callable[[MediatedSession], Awaitable[None]],
+    *,
+    accept_peer: Collection[str],
+    relay_only: bool = False,
+    direct: DirectPaths | None = None,
+    on_error: Callable[[Exception], None] | None = None,
+    on_ready: Callable[[MediatorInfo], None] | None = None,
+    on_event: Callable[[MultipathTransport, Event], None] | None = None,
+) -> None:
+    """Answer session requests that arrive in this identity's mailbox, forever.
+
+    Each accepted request becomes a session on the relay (upgrading to a direct path when
+    it can) handed to ``on_session``; a refused one gets a problem-report through the
+    mediator and ``on_error`` hears about it.
+    """
+    info = await mediator_info(_mediator_of(identity), resolver_envelope=envelope)
+    if direct is None and not relay_only:
+        direct = DirectPaths(info.endpoint)
+    if direct is not None and not relay_only:
+        await direct.candidates()  # gather before the first request, not during it
+    tasks: set[asyncio.Task[None]] = set()
+    assert identity.x25519_secret is not None
+
+    async def run(hs: Handshake, label: str) -> None:
+        try:
+            mediated = await _on_relay(
+                identity,
+                envelope,
+                info,
+                hs.channel,
+                hs.peer_candidates,
+                direct,
+                label,
+                relay_only,
+                on_event,
+            )
+        except DidSessionError as exc:
+            if on_error is not None:
+                on_error(exc)
+            return
+        await on_session(mediated)
+
+    async with MediatorClient(info, identity.did, envelope, transport="ws") as client:
+        if on_ready is not None:
+            on_ready(info)
+        async for received in client.live():
+            msg = received.message
+            if _message_type(msg.plaintext) != MessageType.REQUEST or msg.sender_did is None:
+                continue
+            cands = None if relay_only or direct is None else await direct.candidates()
+            hs = Handshake(
+                Role.RESPONDER,
+                local_did=identity.did,
+                static_private=identity.x25519_secret,
+                peer_static_key=envelope.resolver.x25519_public,
+                accept_peer=accept_peer,
+                candidates=cands,
+            )
+            try:
+                hs.receive_message(msg.plaintext, msg.sender_did, time.time())
+            except DidSessionError as exc:
+                if on_error is not None:
+                    on_error(exc)
+                continue
+            finally:
+                for reply in hs.messages_to_send():
+                    with contextlib.suppress(DidSessionError):
+                        packed = await envelope.pack_plaintext(
+                            reply.plaintext, to=reply.to, frm=identity.did
+                        )
+                        await send_packed(packed)
+            task = asyncio.create_task(run(hs, msg.sender_did[:24]))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+
+def _message_type(plaintext: bytes) -> str | None:
+    try:
+        doc = json.loads(plaintext)
+    except ValueError:
+        return None
+    kind = doc.get("type") if isinstance(doc, dict) else None
+    return kind if isinstance(kind, str) else None

@@ -1,0 +1,133 @@
+"""The multipath asyncio shell over real loopback sockets: a session starts on a stand-in
+"relay" path (a plain TCP connection), a listener and the dialler find the direct path by
+its path check, frames move to it, and when it is cut the relay takes over again, all
+while a stream of numbered messages flows: none lost, none twice, none out of order."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from didsession.candidates import Candidate, CandidateType, reusable_tcp_socket
+from didsession.session import Channel
+from didsession.session.multipath import MultipathConfig, PathKind
+from didsession.session.multipath_asyncio import (
+    MultipathTransport,
+    PathListener,
+    PathProtocol,
+    dial_direct,
+    multipath_for,
+)
+from tests.session_pair import SessionPair
+
+CFG = MultipathConfig(ping_interval=0.2, dead_after=1.0, ack_delay=0.02)
+
+
+class Upper(asyncio.Protocol):
+    """What sits above the multipath transport: opens frames with the channel."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.got: list[bytes] = []
+        self.lost: list[Exception | None] = []
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while len(self.buf) >= 4:
+            n = int.from_bytes(self.buf[:4], "big") + 4
+            if len(self.buf) < n:
+                break
+            frame, self.buf = self.buf[:n], self.buf[n:]
+            payload = self.channel.open(frame)
+            if payload is not None:
+                self.got.append(payload)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.append(exc)
+
+
+async def _relay_pair() -> tuple[asyncio.Transport, asyncio.Transport]:
+    """Two connected transports standing in for the two ends of a relay link."""
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    ta, _ = await loop.connect_accepted_socket(PathProtocol, sock=a)
+    tb, _ = await loop.connect_accepted_socket(PathProtocol, sock=b)
+    return ta, tb
+
+
+def _host(port: int) -> list[Candidate]:
+    return [Candidate(CandidateType.HOST, "tcp", "127.0.0.1", port, 2130706431)]
+
+
+def test_relay_then_direct_then_fallback_over_real_sockets() -> None:
+    async def scenario() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        pair = SessionPair.establish()
+        ends = []
+        for ch in (pair.initiator, pair.responder):
+            upper = Upper(ch)
+            mpt = MultipathTransport(multipath_for(ch, now=loop.time(), config=CFG), upper)
+            ends.append((ch, upper, mpt))
+        (ch_a, _, mp_a), (ch_b, up_b, mp_b) = ends
+        ra, rb = await _relay_pair()
+        mp_a.add_path(PathKind.RELAY, ra, local="relay", remote="relay")
+        mp_b.add_path(PathKind.RELAY, rb, local="relay", remote="relay")
+        listener = PathListener()
+        await listener.start(reusable_tcp_socket(0, "127.0.0.1"))
+        listener.register(ch_b.attach_id, mp_b)
+
+        sent: list[bytes] = []
+
+        async def pump(n: int) -> None:
+            for _ in range(n):
+                payload = b"msg %d" % len(sent)
+                sent.append(payload)
+                mp_a.write(ch_a.seal(payload))
+                await asyncio.sleep(0.002)
+
+        pumping = loop.create_task(pump(400))
+        await asyncio.sleep(0.1)
+        assert mp_a.status()["path"] == "relay"
+        up = await dial_direct(mp_a, None, _host(listener.port), timeout=5.0)
+        assert up and mp_a.status()["path"] == "direct"
+        await asyncio.wait_for(mp_b.direct_up.wait(), 5.0)
+        direct = mp_a.mp.active
+        await asyncio.sleep(0.2)
+        rtt = mp_a.status()["rtt_ms"]
+        # Cut the direct path under the stream of messages: fallback to the relay.
+        transport = mp_a._transports[direct]
+        transport.abort()  # type: ignore[attr-defined]
+        await pumping
+        await asyncio.sleep(0.5)
+        status = mp_a.status()
+        listener.close()
+        mp_a.close()
+        mp_b.close()
+        await asyncio.sleep(0.05)
+        return {"sent": sent, "got": up_b.got, "status": status, "rtt": rtt}
+
+    result = asyncio.run(scenario())
+    assert result["got"] == result["sent"]
+    assert result["status"]["path"] == "relay"
+    assert result["status"]["upgrades"] == 1 and result["status"]["fallbacks"] == 1
+    assert result["rtt"] is not None and result["rtt"] < 100
+
+
+def test_listener_closes_connections_that_name_no_session() -> None:
+    async def scenario() -> bytes:
+        listener = PathListener()
+        await listener.start(reusable_tcp_socket(0, "127.0.0.1"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(b"DSP\x01" + bytes(16) + b"I" + bytes(16))
+        data = await asyncio.wait_for(reader.read(), 5.0)
+        reader2, writer2 = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer2.write(b"GET / HTTP/1.1\r\n\r\n")
+        data += await asyncio.wait_for(reader2.read(), 5.0)
+        writer.close()
+        writer2.close()
+        listener.close()
+        return data
+
+    assert asyncio.run(scenario()) == b""
