@@ -40,6 +40,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from didsession.errors import DidSessionError, ProtocolError, RemoteProtocolError
@@ -141,7 +142,9 @@ class DidcommNetwork:
         self._orig_create_connection: Callable[..., Any] | None = None
         self._orig_create_server: Callable[..., Any] | None = None
         self.started_at = 0.0
-        self._direct: Any = None  # the NatPaths of this party, once a relay link needs them
+        self._direct: Any = None
+        self._board: Any = None
+        self._no_board = False  # the NatPaths of this party, once a relay link needs them
         self.max_batch = int(os.environ.get(BATCH_ENV) or DEFAULT_MAX_BATCH)
         self.eager = os.environ.get(EAGER_ENV, "1") != "0"
 
@@ -478,6 +481,9 @@ class DidcommNetwork:
             return
         self.links[peer] = link
         link.attach(protocol, expect_pid=expect_pid)
+        board = self._link_board()
+        if board is not None:
+            board.add(peer, link, self.roster.parties[peer].did, relay_only=self.roster.relay_only)
         chan = link.channel
         path = link.get_extra_info("path")
         where = ""
@@ -608,7 +614,23 @@ class DidcommNetwork:
             )
         return out
 
+    def _link_board(self) -> Any:
+        """The status files of this party's links (``didsession status``), or None."""
+        if self._board is None and not self._no_board:
+            from didsession.identity import default_home
+            from mpyc_adapter.status import LinkBoard
+
+            home = getattr(self.rt.options, "didcomm_home", None) or default_home()
+            try:
+                self._board = LinkBoard(Path(home), self.pid, self.identity.did)
+            except (DidSessionError, OSError) as exc:
+                self._no_board = True
+                log.warning(f"didsession: no link status for 'didsession status': {exc}")
+        return self._board
+
     def log_report(self) -> None:
+        if self._board is not None:
+            self._board.close_all()
         rows = self.report()
         for row in rows:
             log.info(
