@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from didsession.direct import DirectPaths
+from didsession.session import Role
 from didsession.session.multipath import PathActivated, PathClosed, PathKind
 from didsession.session.multipath_asyncio import MultipathTransport, multipath_for
 
@@ -43,7 +44,10 @@ class NatPaths(DirectPaths):
             label=link.label,
             on_event=lambda event: _log_event(link.label, event),
         )
-        mpt.add_path(PathKind.RELAY, relay, local="relay", remote="relay")
+        # The responder's relay stays quiet until the initiator, which reads the accept
+        # before it switches to multipath, has sent something (spec §15.3).
+        quiet = channel.role is Role.RESPONDER
+        mpt.add_path(PathKind.RELAY, relay, quiet=quiet, local="relay", remote="relay")
         link.connection_made(mpt)
         link.path_info.pop("path", None)  # the multipath transport answers "path" from now on
         self.transports.append(mpt)

@@ -356,3 +356,22 @@ def test_any_path_history_delivers_exactly_once_in_order(ops: list[str]) -> None
     assert net.b.got == sent[0]
     assert net.a.got == sent[1]
     assert net.a.mp.active == (relay if direct is None else direct)
+
+
+def test_a_quiet_path_sends_no_multipath_message_before_it_hears_the_peer() -> None:
+    """The responder's relay (the handshake's path) must not put a PING or ACK behind the
+    accept before the initiator switched to multipath (spec §15.3)."""
+    net = Net.make()
+    pa = net.a.mp.add_path(PathKind.RELAY, net.now)
+    pb = net.b.mp.add_path(PathKind.RELAY, net.now, quiet=True)
+    net.collect(0)
+    net.collect(1)
+    net.tick(2.5)  # pings would be due
+    assert net.wires.get((1, pb), []) == []  # b said nothing
+    assert net.wires.get((0, pa))  # a pinged
+    net.send(1, b"b's data goes out")  # frames are not multipath messages: they flow
+    net.pump()
+    assert net.a.got == [b"b's data goes out"]
+    net.tick(1.1)
+    net.pump()
+    assert net.b.mp.rtt(pb) is not None  # once it heard a, b pings too

@@ -131,3 +131,28 @@ def test_listener_closes_connections_that_name_no_session() -> None:
         return data
 
     assert asyncio.run(scenario()) == b""
+
+
+def test_bytes_before_the_path_is_added_are_kept() -> None:
+    """A connection can deliver the peer's first bytes before it is added as a path (TCP
+    simultaneous open: the peer's HELLO rides on the handshake): they must not be lost."""
+
+    async def scenario() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        pair = SessionPair.establish()
+        ch_a, ch_b = pair.initiator, pair.responder
+        up_b = Upper(ch_b)
+        mp_a = MultipathTransport(multipath_for(ch_a, now=loop.time(), config=CFG), Upper(ch_a))
+        mp_b = MultipathTransport(multipath_for(ch_b, now=loop.time(), config=CFG), up_b)
+        ra, rb = await _relay_pair()
+        mp_a.add_path(PathKind.RELAY, ra)
+        for i in range(3):
+            mp_a.write(ch_a.seal(b"early %d" % i))
+        await asyncio.sleep(0.1)  # they arrive at b's PathProtocol, which has no owner yet
+        mp_b.add_path(PathKind.RELAY, rb)
+        await asyncio.sleep(0.1)
+        mp_a.close()
+        mp_b.close()
+        return up_b.got
+
+    assert asyncio.run(scenario()) == [b"early 0", b"early 1", b"early 2"]

@@ -171,6 +171,7 @@ class _Path:
     bytes_out: int = 0
     verified_at: float | None = None
     reason: str = ""
+    heard: bool = True  # multipath messages may be sent (see add_path's quiet)
 
 
 def peek_attach_id(data: bytes) -> bytes | None:
@@ -247,15 +248,21 @@ class Multipath:
 
     # -- paths -------------------------------------------------------------------------
 
-    def add_path(self, kind: PathKind, now: float, **info: object) -> int:
+    def add_path(self, kind: PathKind, now: float, *, quiet: bool = False, **info: object) -> int:
         """Register a path; a relay path is verified at once, a direct path starts its check
-        (its HELLO is queued in :meth:`data_to_send`)."""
+        (its HELLO is queued in :meth:`data_to_send`).
+
+        ``quiet``: send no multipath message on this path until something arrives on it.  For
+        the responder's side of the path its handshake ran on: the initiator switches that
+        path to multipath only once it has read the ``accept``, and must not find a
+        multipath message behind it before that (spec §15.3)."""
         self._now = now
         if self.state is not MultipathState.OPEN:
             raise LocalProtocolError("the session has no paths any more")
         pid = self._next_id
         self._next_id += 1
         path = _Path(pid, kind, PathState.CHECKING, dict(info), now, last_rx=now)
+        path.heard = not quiet
         self._paths[pid] = path
         if kind is PathKind.RELAY:
             self._verified(path, now)
@@ -346,6 +353,7 @@ class Multipath:
             return []
         path.last_rx = now
         path.bytes_in += len(data)
+        path.heard = True
         if path.state is PathState.VERIFIED and not path.buf:
             n = len(data)
             if n >= OVERHEAD:
@@ -554,6 +562,8 @@ class Multipath:
     # -- multipath messages (spec §15.3) -------------------------------------------------------
 
     def _queue_mux(self, pid: int, kind: int, fields: bytes) -> None:
+        if not self._paths[pid].heard:
+            return  # a quiet path: the peer may not read multipath messages yet
         body = bytes((kind,)) + fields
         mac = hmac.digest(self._key, b"didsession mux" + self._own + body, "sha256")[:_MAC]
         msg = _U32.pack(_MUX_FLAG | (len(body) + _MAC)) + body + mac
@@ -599,8 +609,10 @@ class Multipath:
                 t = p.opened + self._cfg.check_timeout
             elif p.ping_sent is not None:
                 t = max(p.last_rx, p.ping_sent) + self._cfg.dead_after
-            else:
+            elif p.heard:
                 t = p.next_ping
+            else:
+                continue  # a quiet path: nothing to do until it hears from the peer
             when = t if when is None else min(when, t)
         return when
 
@@ -617,7 +629,7 @@ class Multipath:
                 if p.ping_sent is not None:
                     if now >= max(p.last_rx, p.ping_sent) + cfg.dead_after:
                         self._close_path(p, f"no answer for {cfg.dead_after:g} s")
-                elif now >= p.next_ping:
+                elif now >= p.next_ping and p.heard:
                     p.ping_id += 1
                     p.ping_sent = now
                     p.next_ping = now + cfg.ping_interval

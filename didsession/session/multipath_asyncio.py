@@ -45,6 +45,8 @@ __all__ = ["MultipathTransport", "PathListener", "PathProtocol", "dial_direct", 
 log = logging.getLogger("didsession.paths")
 
 TICK = 0.05
+# How long a closed session's TCP paths keep reading after their FIN (see close()).
+CLOSE_GRACE = 2.0
 # Connections a listener holds before they named their session, and for how long.
 MAX_UNNAMED = 64
 UNNAMED_TIMEOUT = 10.0
@@ -72,6 +74,10 @@ class PathProtocol(asyncio.Protocol):
         self.owner = owner
         self.pid = pid
         self.transport: asyncio.BaseTransport | None = None
+        # Bytes that arrive before the path is added (the peer's HELLO right behind the
+        # handshake of a TCP simultaneous open): kept for add_path, never dropped.
+        self.pending: list[bytes] = []
+        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -79,11 +85,14 @@ class PathProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.owner is not None:
             self.owner._path_data(self.pid, data)
+        elif len(self.pending) < 64:
+            self.pending.append(data)
 
     def eof_received(self) -> bool | None:
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         if self.owner is not None:
             self.owner._path_lost(self.pid, exc)
 
@@ -126,17 +135,35 @@ class MultipathTransport(asyncio.Transport):
 
     # -- paths -----------------------------------------------------------------------
 
-    def add_path(self, kind: PathKind, transport: asyncio.BaseTransport, **info: object) -> int:
+    def add_path(
+        self,
+        kind: PathKind,
+        transport: asyncio.BaseTransport,
+        *,
+        quiet: bool = False,
+        **info: object,
+    ) -> int:
         """Run ``transport`` as one of this session's paths (its protocol becomes a
         :class:`PathProtocol`); returns the path id."""
-        pid = self.mp.add_path(kind, self._loop.time(), **info)
+        pid = self.mp.add_path(kind, self._loop.time(), quiet=quiet, **info)
         self._transports[pid] = transport
         self._writes[pid] = transport.write  # type: ignore[attr-defined]
-        transport.set_protocol(PathProtocol(self, pid))
+        proto = transport.get_protocol()
+        pending: list[bytes] = []
+        lost = False
+        if isinstance(proto, PathProtocol) and proto.owner is None:
+            proto.owner, proto.pid = self, pid
+            pending, proto.pending, lost = proto.pending, [], proto.lost
+        else:
+            transport.set_protocol(PathProtocol(self, pid))
         self._pump()
+        for data in pending:
+            self._path_data(pid, data)
+        if lost:
+            self._path_lost(pid, None)
         return pid
 
-    def adopt(self, transport: asyncio.BaseTransport, buffered: bytes, **info: object) -> int:
+    def adopt(self, transport: asyncio.BaseTransport, buffered: bytes, **info: Any) -> int:
         """A direct path a listener accepted, with the bytes it already read."""
         pid = self.add_path(PathKind.DIRECT, transport, **info)
         if buffered:
@@ -144,6 +171,8 @@ class MultipathTransport(asyncio.Transport):
         return pid
 
     def _path_data(self, pid: int, data: bytes) -> None:
+        if self._closing:
+            return  # read and dropped: a closed socket with unread data would send a RST
         try:
             frames = self.mp.receive(pid, data, self._loop.time())
         except RemoteProtocolError as exc:
@@ -242,6 +271,14 @@ class MultipathTransport(asyncio.Transport):
             task.cancel()
         self._closing_paths = list(self._transports.values())
         for transport in self._closing_paths:
+            # Half-close first and keep reading: closing a TCP socket while the peer still
+            # sends (its ACKs, its own CLOSE) makes the kernel answer with a RST, which can
+            # destroy our CLOSE frame in the peer's receive buffer.
+            if _can_write_eof(transport):
+                with contextlib.suppress(OSError, RuntimeError):
+                    transport.write_eof()  # type: ignore[attr-defined]
+                    self._loop.call_later(CLOSE_GRACE, transport.close)
+                    continue
             transport.close()
         self._transports.clear()
         self._writes.clear()
@@ -461,6 +498,13 @@ async def dial_direct(
         if aclose is not None:
             with contextlib.suppress(RuntimeError):
                 await aclose()
+
+
+def _can_write_eof(transport: Any) -> bool:
+    try:
+        return bool(transport.can_write_eof()) and not transport.is_closing()
+    except (NotImplementedError, AttributeError):
+        return False
 
 
 def _fmt(addr: Any) -> str | None:
