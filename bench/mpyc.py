@@ -3,6 +3,7 @@
     python bench/mpyc.py            # a table
     python bench/mpyc.py --json     # the same numbers as JSON
     python bench/mpyc.py --runs 7 --programs scalar --modes tcp,direct
+    python bench/mpyc.py --modes tcp,direct,direct@../other-checkout   # A/B two versions
 
 Three parties on loopback, each a separate process started the way a party would start it
 (``-P``/``-I`` for TCP and SSL, ``--didcomm roster.json -I i`` with identities made
@@ -20,11 +21,19 @@ targets for.  Runs of the modes alternate, so a change in machine load hits all 
 minimum over the runs is given too, as a figure less sensitive to other load.
 SSL certificates are generated into a temporary ``.config/`` as MPyC expects; the relay
 mode uses a mediator started for the benchmark.
+
+A mode written ``MODE@DIR`` runs the parties with ``PYTHONPATH=DIR``: the didsession and
+mpyc_adapter packages of another checkout, alternating with this one's in the same run (an
+A/B comparison under the same machine load).  Before the runs, the packages' bytecode is
+compiled (``--no-compile``: leave it), as an installed package has it: with
+``PYTHONDONTWRITEBYTECODE`` set and an editable install, every party would otherwise compile
+didsession from source at each start, which plain MPyC (installed) never does.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime
 import importlib.metadata
 import json
@@ -54,6 +63,7 @@ WORKLOADS = {
     "large": ["large.py", "150000"],
 }
 MODES = ("tcp", "ssl", "direct", "relay")
+PACKAGES = ("didsession", "mpyc_adapter", "mediator")
 PARTIES = 3
 TIMEOUT = 300.0
 # Targets set by the issue (ratios of median times).
@@ -160,8 +170,14 @@ class Setup:
         return path
 
     def commands(self, mode: str, program: list[str]) -> list[tuple[list[str], dict[str, str]]]:
+        mode, _, tree = mode.partition("@")
         script = [sys.executable, str(PROGRAMS / program[0]), *program[1:]]
         out = []
+        if tree:
+            return [
+                (cmd, dict(env, PYTHONPATH=str(Path(tree).resolve())))
+                for cmd, env in self.commands(mode, program)
+            ]
         if mode in ("tcp", "ssl"):
             addrs = [a for p in free_ports(PARTIES) for a in ("-P", f"127.0.0.1:{p}")]
             for i in range(PARTIES):
@@ -203,8 +219,8 @@ def run_once(setup: Setup, mode: str, program: list[str]) -> dict[str, float]:
     outputs = []
     try:
         for proc in procs:
-            out, err = proc.communicate(timeout=TIMEOUT)
-            outputs.append((proc.returncode, out.decode(errors="replace"), err.decode()))
+            stdout, stderr = proc.communicate(timeout=TIMEOUT)
+            outputs.append((proc.returncode, stdout.decode(errors="replace"), stderr.decode()))
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -253,11 +269,29 @@ def bench(runs: int, programs: list[str], modes: list[str]) -> dict[str, Any]:
     return results
 
 
+def compile_packages(trees: list[Path]) -> None:
+    """Write the bytecode of our packages in each tree (see the module docstring)."""
+    for tree in trees:
+        for package in PACKAGES:
+            if (tree / package).is_dir():
+                compileall.compile_dir(tree / package, quiet=1)
+
+
+def mode_pairs(modes: list[str]) -> list[tuple[str, str]]:
+    """The ratios to report: the targets' pairs, and each ``MODE@DIR`` against tcp, MODE."""
+    pairs = [("direct", "tcp"), ("direct", "ssl"), ("relay", "direct"), ("ssl", "tcp")]
+    for mode in modes:
+        base, _, tree = mode.partition("@")
+        if tree:
+            pairs += [(mode, "tcp"), (mode, base)]
+    return pairs
+
+
 def ratios(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     """``a/b program`` -> {"wall": ..., "compute": ...} for the pairs the targets name."""
     out: dict[str, dict[str, float]] = {}
     for name, modes in results.items():
-        for a, b in (("direct", "tcp"), ("direct", "ssl"), ("relay", "direct"), ("ssl", "tcp")):
+        for a, b in mode_pairs(list(modes)):
             if a in modes and b in modes:
                 out[f"{a}/{b} {name}"] = {
                     kind: round(modes[a][f"{kind}_s"] / modes[b][f"{kind}_s"], 3)
@@ -283,7 +317,12 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--runs", type=int, default=5, help="runs per mode and program")
     parser.add_argument("--programs", default=",".join(WORKLOADS), help="scalar,numpy,large")
-    parser.add_argument("--modes", default=",".join(MODES), help="tcp,ssl,direct,relay")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help="tcp,ssl,direct,relay; MODE@DIR: another checkout"
+    )
+    parser.add_argument(
+        "--no-compile", action="store_true", help="do not write our packages' bytecode first"
+    )
     args = parser.parse_args()
     programs = [p for p in args.programs.split(",") if p]
     modes = [m for m in args.modes.split(",") if m]
@@ -291,12 +330,19 @@ def main() -> None:
         if p not in WORKLOADS:
             parser.error(f"unknown program {p!r}")
     for m in modes:
-        if m not in MODES:
+        base, _, tree = m.partition("@")
+        if base not in MODES:
             parser.error(f"unknown mode {m!r}")
+        if tree and not (Path(tree) / "mpyc_adapter").is_dir():
+            parser.error(f"{m!r}: {tree} is not a didsession checkout")
     from mpyc_adapter.embedded import mediator_available
 
-    if "relay" in modes and not mediator_available():
-        modes.remove("relay")
+    if not mediator_available():
+        modes = [m for m in modes if m.partition("@")[0] != "relay"]
+    trees = [ROOT] + [Path(m.partition("@")[2]).resolve() for m in modes if "@" in m]
+    if not args.no_compile:
+        compile_packages(trees)
+    load_before = [round(x, 2) for x in os.getloadavg()]
     results = bench(args.runs, programs, modes)
     rat = ratios(results)
     result = {
@@ -304,8 +350,10 @@ def main() -> None:
             "python": platform.python_version(),
             "mpyc": importlib.metadata.version("mpyc"),
             "cpus": os.cpu_count(),
+            "load_average_before": load_before,
             "load_average": [round(x, 2) for x in os.getloadavg()],
         },
+        "bytecode": "left as found" if args.no_compile else "compiled before the runs",
         "parties": PARTIES,
         "runs": args.runs,
         "programs": {name: " ".join(WORKLOADS[name]) for name in programs},
@@ -316,20 +364,27 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{PARTIES} parties on loopback, median of {args.runs} runs (seconds)")
-    print(f"{'program':8} {'mode':7} {'wall':>7} {'compute':>8} {'cpu':>7}   (min: wall compute)")
+    print(
+        f"{PARTIES} parties on loopback, median of {args.runs} runs (seconds); load average "
+        f"{load_before[0]} before, {result['machine']['load_average'][0]} after"
+    )
+    mw = max(7, *(len(m) for m in modes))
+    print(
+        f"{'program':8} {'mode':{mw}} {'wall':>7} {'compute':>8} {'cpu':>7}   (min: wall compute)"
+    )
     for name, modes_ in results.items():
         for mode, r in modes_.items():
             print(
-                f"{name:8} {mode:7} {r['wall_s']:7.3f} {r['compute_s']:8.3f} {r['cpu_s']:7.3f}"
+                f"{name:8} {mode:{mw}} {r['wall_s']:7.3f} {r['compute_s']:8.3f} {r['cpu_s']:7.3f}"
                 f"   {r['wall_min_s']:7.3f} {r['compute_min_s']:7.3f}"
             )
     print("\nratios of medians (wall, compute), of minima (wall, compute), and targets:")
+    rw = max(24, *(len(n) for n in rat))
     for name, r in rat.items():
         t = result["targets"].get(name)
         limit = f"  target <= {t['limit']}" if t else ""
         print(
-            f"  {name:24} {r['wall']:6.3f} {r['compute']:8.3f}   "
+            f"  {name:{rw}} {r['wall']:6.3f} {r['compute']:8.3f}   "
             f"{r['wall_min']:6.3f} {r['compute_min']:8.3f}{limit}"
         )
 

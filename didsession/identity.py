@@ -25,15 +25,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aries_askar import Key, KeyAlg
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from didsession.did import Method, PeerResolver, ServiceSpec, create_peer_did
+from didsession.authcrypt import NeedsFullEnvelope, did_keys
 from didsession.errors import ConfigError, IdentityError
+
+if TYPE_CHECKING:
+    from didsession.did import Method
 
 __all__ = ["Contact", "Identity", "Store", "default_home"]
 
@@ -186,6 +189,12 @@ class Store:
                 f"identity {name!r} already exists in {self.home}; "
                 "choose another --name or remove that folder"
             )
+        # Only creating an identity needs askar and the DID libraries (~0.25 s to import);
+        # loading one (every MPyC party) does not.
+        from aries_askar import Key, KeyAlg
+
+        from didsession.did import ServiceSpec, create_peer_did
+
         ed = Key.generate(KeyAlg.ED25519)
         x = Key.generate(KeyAlg.X25519)
         service = ServiceSpec(mediator, routing_keys) if mediator else None
@@ -321,9 +330,14 @@ class Store:
     @staticmethod
     def _check_keys_match(ident: Identity, ed_sk: bytes, x_sk: bytes) -> None:
         """Refuse a key file that does not belong to the DID next to it."""
-        resolver = PeerResolver(capacity=4)
-        x_pub = bytes(Key.from_secret_bytes(KeyAlg.X25519, x_sk).get_public_bytes())
-        if x_pub != resolver.x25519_public(ident.did):
+        x_pub = X25519PrivateKey.from_private_bytes(x_sk).public_key().public_bytes_raw()
+        try:
+            did_pub = did_keys(ident.did).agreement[0].public
+        except NeedsFullEnvelope:  # a DID whose keys only the full resolver reads
+            from didsession.did import PeerResolver
+
+            did_pub = PeerResolver(capacity=4).x25519_public(ident.did)
+        if x_pub != did_pub:
             raise IdentityError(f"key file of identity {ident.name!r} does not match its DID")
 
     # -- contacts --------------------------------------------------------------------

@@ -88,7 +88,11 @@ class HandshakeCodec:
         self.did = identity.did
         self._given = envelope
         self._envelope: Envelope | None = None
-        self.lite = Authcrypt(identity.did, identity.x25519_secret, rand=rand or os.urandom)
+        self.lite: Authcrypt | None
+        try:
+            self.lite = Authcrypt(identity.did, identity.x25519_secret, rand=rand or os.urandom)
+        except NeedsFullEnvelope:  # our own DID is one the light codec cannot read
+            self.lite = None
         self.fallbacks = 0  # messages the full envelope handled (for tests and logs)
 
     @property
@@ -100,10 +104,11 @@ class HandshakeCodec:
 
     async def pack(self, plaintext: bytes, to: str) -> bytes:
         """Authcrypt ``plaintext`` from our DID to ``to`` (a :data:`PackFn`)."""
-        try:
-            return self.lite.pack(plaintext, to)
-        except NeedsFullEnvelope:
-            pass
+        if self.lite is not None:
+            try:
+                return self.lite.pack(plaintext, to)
+            except NeedsFullEnvelope:
+                pass
         self.fallbacks += 1
         env = self.envelope
         packed = await env.pack_plaintext(plaintext, to=to, frm=self.did, forward=False)
@@ -112,25 +117,28 @@ class HandshakeCodec:
     async def unpack(self, packed: bytes) -> tuple[bytes, str]:
         """Decrypt an authcrypt message to us: ``(plaintext, sender DID)`` (an
         :data:`UnpackFn`).  Raises DecryptError for anoncrypt, like any failure."""
-        try:
-            return self.lite.unpack(packed)
-        except NeedsFullEnvelope:
-            pass
+        if self.lite is not None:
+            try:
+                return self.lite.unpack(packed)
+            except NeedsFullEnvelope:
+                pass
         self.fallbacks += 1
         got = await self.envelope.unpack(packed)
         if not got.authenticated or got.sender_did is None:
             raise DecryptError("session handshake messages must be authcrypt, not anoncrypt")
         fragment = (got.sender_kid or "").partition("#")[2]
-        if fragment and not fragment.startswith("key-"):
+        if self.lite is not None and fragment and not fragment.startswith("key-"):
             self.lite.mark_legacy(got.sender_did)
         return got.plaintext, got.sender_did
 
     def x25519_public(self, did: str) -> bytes:
         """The X25519 keyAgreement key of ``did`` (the handshake's ``peer_static_key``)."""
-        try:
-            return self.lite.x25519_public(did)
-        except NeedsFullEnvelope:
-            return self.envelope.resolver.x25519_public(did)
+        if self.lite is not None:
+            try:
+                return self.lite.x25519_public(did)
+            except NeedsFullEnvelope:
+                pass
+        return self.envelope.resolver.x25519_public(did)
 
 
 def _handshake(

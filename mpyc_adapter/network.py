@@ -83,6 +83,10 @@ EAGER_ENV = "DIDSESSION_MPYC_EAGER"
 HANDSHAKE_TIMEOUT = 30.0
 # How long a direct TCP connect may take before the relay is tried (if there is one).
 CONNECT_TIMEOUT = 3.0
+# A refused connection is tried again every REFUSED_POLL s for up to REFUSED_PATIENCE s
+# before MPyC hears of it (MPyC then retries every 0.1 s, as it always does).
+REFUSED_POLL = 0.005
+REFUSED_PATIENCE = 1.0
 # How long a party that stops during start() goes on telling the others why.
 STOP_GRACE = 2.0
 RELAY_WAIT = 60.0
@@ -224,9 +228,21 @@ class DidcommNetwork:
             await self._relay(link, peer)
             return link
         link = self._new_link(peer, PathKind.DIRECT)
+        loop = asyncio.get_running_loop()
+        patience = loop.time() + REFUSED_PATIENCE
         try:
-            async with asyncio.timeout(CONNECT_TIMEOUT):
-                await self._orig_create_connection(lambda: link, host, port)  # type: ignore[misc]
+            while True:
+                try:
+                    async with asyncio.timeout(CONNECT_TIMEOUT):
+                        await self._orig_create_connection(lambda: link, host, port)  # type: ignore[misc]
+                    break
+                except ConnectionRefusedError:
+                    # Not listening yet (parties start at different times): look again soon,
+                    # not at MPyC's next try 0.1 s later.  A refused connect never reaches
+                    # the protocol (asyncio and uvloop alike), so the link is reused.
+                    if loop.time() >= patience:
+                        raise
+                    await asyncio.sleep(REFUSED_POLL)
         except ConnectionRefusedError:
             raise
         except (OSError, TimeoutError) as exc:

@@ -198,15 +198,26 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
             return  # what still arrives after CLOSE or an error has nowhere to go
         try:
             decoder = self._decoder
-            n = len(data)
-            # Fast path: the read is exactly one whole frame and nothing is buffered.
-            if (
-                24 < n <= self._max_frame
-                and not decoder.buffered
-                and _U32.unpack_from(data)[0] == n - 4
-            ):
-                self._frame(data)
-                return
+            if not decoder.buffered:
+                # Fast path: nothing is buffered and the read begins with whole frames
+                # (usually it is one frame, or a few): open them where they are instead of
+                # copying them through the decoder, which gets only a partial frame at the
+                # end, or a length it must refuse.
+                n = len(data)
+                top = self._max_frame
+                pos = 0
+                while n - pos >= OVERHEAD:
+                    size = _U32.unpack_from(data, pos)[0] + 4
+                    if size > n - pos or size > top or size < OVERHEAD:
+                        break
+                    self._frame(data if size == n else data[pos : pos + size])
+                    if self.state is LinkState.CLOSED or self.state is LinkState.FAILED:
+                        return
+                    pos += size
+                if pos == n:
+                    return
+                if pos:
+                    data = data[pos:]
             decoder.feed(data)
             while (frame := decoder.next_frame()) is not None:
                 self._frame(frame)

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from parties import envelope_for
+from test_interop import Legacy, legacy_python  # noqa: F401  (legacy_python: a fixture)
 
 from didsession import authcrypt as lite_mod
 from didsession import did as did_mod
@@ -500,11 +501,30 @@ def test_a_party_does_not_load_the_envelope(party_home: Path) -> None:
     assert _loaded_by_a_party(party_home, heavy) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="didsession/identity.py imports didsession.did (pydid) and aries_askar at module "
-    "level; with those imports lazy this passes (then drop this marker)",
-)
 def test_a_party_does_not_load_the_didcomm_libraries(party_home: Path) -> None:
     heavy = ["pydid", "didcomm_messaging", "aries_askar", "didsession.did"]
     assert _loaded_by_a_party(party_home, heavy) == []
+
+
+# -- against an implementation we did not write ---------------------------------------------
+
+
+@pytest.mark.slow
+def test_lite_interop_with_the_legacy_libraries(
+    legacy_python: Path,  # noqa: F811  (the fixture imported from test_interop)
+    tmp_path: Path,
+    make_identity: Callable[..., Identity],
+) -> None:
+    """PyPI didcomm 0.3.2 + peerdid 0.5.2 (tests/test_interop.py builds their venv): they
+    open what the light codec packs, and it opens theirs, in their key-id dialect."""
+    old = Legacy(legacy_python, tmp_path / "legacy.json", "http://127.0.0.1:9001/didcomm")
+    ours = make_identity("ours", mediator="http://127.0.0.1:9002/didcomm")
+    codec = lite(ours)
+    theirs = old.pack(
+        new_message(BASIC, {"content": "to lite"}, frm=old.did, to=[ours.did]), ours.did
+    )
+    text, sender = codec.unpack(theirs.encode())
+    assert sender == old.did and json.loads(text)["body"] == {"content": "to lite"}
+    got = old.unpack(codec.pack(plaintext(ours.did, old.did, "from lite"), old.did))
+    assert got["message"]["body"] == {"content": "from lite"}
+    assert got["authenticated"] and got["sender_kid"].startswith(ours.did + "#")
