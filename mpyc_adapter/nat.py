@@ -37,7 +37,7 @@ class NatPaths(DirectPaths):
         and dial the peer's candidates."""
         loop = asyncio.get_running_loop()
         channel = link.channel
-        relay = link._lower  # the relay path the handshake ran on
+        relay = link.lower  # the relay path the handshake ran on
         mpt = MultipathTransport(
             multipath_for(channel, now=loop.time()),
             link,

@@ -384,6 +384,11 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
             self._fail(exc)
 
     @property
+    def lower(self) -> asyncio.BaseTransport | None:
+        """The path under this link (a multipath transport takes it over, §15)."""
+        return self._lower
+
+    @property
     def channel(self) -> Channel:
         if self._channel is None:
             raise LocalProtocolError("the link has no session yet")

@@ -637,6 +637,11 @@ class Multipath:
 
     # -- output --------------------------------------------------------------------------------
 
+    @property
+    def has_output(self) -> bool:
+        """Whether :meth:`data_to_send` or :meth:`events` has something (cheap: hot path)."""
+        return bool(self._outbox or self._events)
+
     def data_to_send(self) -> list[tuple[int, bytes]]:
         """Drain what the core wants written: ``(path id, bytes)`` in order."""
         out, self._outbox = self._outbox, []

@@ -179,7 +179,7 @@ class MultipathTransport(asyncio.Transport):
             self._pump()
             self._fail(exc)
             return
-        if self.mp._outbox or self.mp._events:
+        if self.mp.has_output:
             self._pump()
         if frames:
             self.stats["bytes_received"] += sum(map(len, frames))
