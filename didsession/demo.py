@@ -5,7 +5,8 @@ invitations with the real CLI; an embedded mediator starts on loopback; ``didses
 make`` turns the invitations into a roster; then an unmodified MPyC program
 (:mod:`mpyc_adapter.santa`: sum and maximum of private inputs, a secret-santa draw) runs in
 three processes with ``--didcomm``.  Alice and bob reach each other directly; carol has no
-address in the roster, so her links go through the mediator's relay.  The demo prints the
+address in the roster, so her links start on the mediator's relay and move to a direct path
+once the candidates in their handshakes lead to one.  The demo prints the
 results, each link's path and the session overhead per MPyC message, then shows a party
 with a different program being refused.  Everything lives in a temporary directory that is
 removed at the end.
@@ -197,7 +198,7 @@ def run_demo(keep: bool = False, verbose: bool = False) -> int:
             args += ["--mediator", mediator.url]
             print(
                 f"\n    (embedded mediator on {mediator.url}; carol gets no address, so "
-                "her links will go through its relay)"
+                "her links start on its relay, then go direct when they can)"
             )
         r.run("alice", args)
         r.run("alice", ["roster", "show", str(root / "roster.json")])

@@ -475,6 +475,9 @@ async def dial_direct(
                 break
             log.debug(f"didsession: connected to {transport.label} at {cand.host}:{cand.port}")
             tcp, _ = await type(loop).create_connection(loop, PathProtocol, sock=sock)
+            if transport.is_closing() or transport.mp.state is not MultipathState.OPEN:
+                tcp.close()  # the session ended while we dialled
+                break
             transport.add_path(
                 PathKind.DIRECT,
                 tcp,
