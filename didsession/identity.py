@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from didsession.authcrypt import NeedsFullEnvelope, did_keys
 from didsession.errors import ConfigError, IdentityError
@@ -279,6 +278,8 @@ class Store:
         else:
             salt = secrets.token_bytes(16)
             nonce = secrets.token_bytes(12)
+            from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
             kek = Scrypt(salt=salt, length=32, **_SCRYPT).derive(passphrase.encode())
             ct = ChaCha20Poly1305(kek).encrypt(nonce, json.dumps(keys).encode(), ident.did.encode())
             doc = {
@@ -303,6 +304,8 @@ class Store:
                         f"identity {ident.name!r} is passphrase-protected: give the passphrase "
                         "(--passphrase-file FILE or DIDSESSION_PASSPHRASE)"
                     )
+                from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
                 kdf = doc["kdf"]
                 kek = Scrypt(
                     salt=_unb64(kdf["salt"]), length=32, n=kdf["n"], r=kdf["r"], p=kdf["p"]

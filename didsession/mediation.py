@@ -26,9 +26,12 @@ Typical use::
         await link.send(b"opaque frame")
         frame = await link.recv()
 
-All DIDComm crypto goes through :class:`~didsession.envelope.Envelope`.  Every refusal by
-the mediator (a problem-report) is a :class:`~didsession.errors.MediationError` carrying
-the report's code; transport failures are ``MediationError`` with an ``e.p.xfer`` code.
+All DIDComm crypto goes through :class:`~didsession.envelope.Envelope`, imported when first
+needed: importing this module loads neither it nor pydid.  The relay itself, and the light
+way to open it (no envelope: a ``pack`` callable, the mediator looked up once per process),
+are in :mod:`didsession.relay_client`.  Every refusal by the mediator (a problem-report)
+is a :class:`~didsession.errors.MediationError` carrying the report's code; transport
+failures are ``MediationError`` with an ``e.p.xfer`` code.
 """
 
 from __future__ import annotations
@@ -39,25 +42,31 @@ import binascii
 import contextlib
 import json
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import aiohttp
-from pydid.service import DIDCommV2Service
 
-from didsession.envelope import Envelope, Packed, Unpacked, new_message
-from didsession.errors import (
-    DIDError,
-    DidSessionError,
-    EnvelopeError,
-    InvitationError,
-    MediationError,
+from didsession import relay_client
+from didsession.errors import DidSessionError, EnvelopeError, InvitationError, MediationError
+from didsession.relay_client import (
+    DEFAULT_TIMEOUT,
+    MediatorInfo,
+    RelayLink,
+    http_base,
+    info_for,
+    new_message,
+    problem_of,
+    relay_link,
+    why,
 )
-from didsession.identity import Identity
-from didsession.invitation import Invitation, parse_invitation
+
+if TYPE_CHECKING:
+    from didsession.envelope import Envelope, Packed, Unpacked
+    from didsession.identity import Identity
+    from didsession.invitation import Invitation
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -75,8 +84,6 @@ __all__ = [
     "request_mediation",
     "send_packed",
 ]
-
-DEFAULT_TIMEOUT: Final = 15.0
 
 _CM = "https://didcomm.org/coordinate-mediation/2.0"
 _PICKUP = "https://didcomm.org/messagepickup/3.0"
@@ -97,10 +104,10 @@ PING: Final = "https://didcomm.org/trust-ping/2.0/ping"
 PING_RESPONSE: Final = "https://didcomm.org/trust-ping/2.0/ping-response"
 QUERIES: Final = "https://didcomm.org/discover-features/2.0/queries"
 DISCLOSE: Final = "https://didcomm.org/discover-features/2.0/disclose"
-PROBLEM_REPORT: Final = "https://didcomm.org/report-problem/2.0/problem-report"
-RELAY_CHALLENGE: Final = "https://didsession.dev/relay/1.0/challenge"
-RELAY_OPEN: Final = "https://didsession.dev/relay/1.0/open"
-RELAY_STATUS: Final = "https://didsession.dev/relay/1.0/status"
+PROBLEM_REPORT: Final = relay_client.PROBLEM_REPORT
+RELAY_CHALLENGE: Final = relay_client.RELAY_CHALLENGE
+RELAY_OPEN: Final = relay_client.RELAY_OPEN
+RELAY_STATUS: Final = relay_client.RELAY_STATUS
 
 ENCRYPTED: Final = "application/didcomm-encrypted+json"
 _XFER: Final = "e.p.xfer"
@@ -108,25 +115,6 @@ _SEEN_IDS: Final = 4096
 
 
 # -- data ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MediatorInfo:
-    """Where a mediator is: its DID and URLs (from its invitation or DID document).
-
-    Attributes:
-        did: the mediator's DID (what ``routing_did`` usually is).
-        endpoint: the HTTP URL DIDComm messages are POSTed to (its DID's service).
-        ws_url: the DIDComm WebSocket (live delivery).
-        relay_url: the session relay WebSocket.
-        invitation: the invitation it was found by, if any.
-    """
-
-    did: str
-    endpoint: str
-    ws_url: str
-    relay_url: str
-    invitation: Invitation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +183,9 @@ async def mediator_info(
     """
     if isinstance(mediator, MediatorInfo):
         return mediator
+    from didsession.envelope import Envelope
+    from didsession.invitation import parse_invitation
+
     envelope = resolver_envelope or Envelope()
     text = mediator.strip()
     invitation: Invitation | None = None
@@ -204,7 +195,7 @@ async def mediator_info(
         invitation = parse_invitation(text, envelope.resolver)
         did = invitation.did
     elif text.startswith(("http://", "https://", "ws://", "wss://")):
-        url = _http_base(text) + "/invitation"
+        url = http_base(text) + "/invitation"
         body = await _get(url, timeout)
         invitation = parse_invitation(body, envelope.resolver)
         did = invitation.did
@@ -213,16 +204,13 @@ async def mediator_info(
             f"not a mediator URL, invitation or DID: {text[:60]!r} (use http(s)://, "
             "an invitation URL with _oob=, or did:)"
         )
-    endpoint = _service_uri(envelope, did)
-    if endpoint is None or not endpoint.startswith(("http://", "https://")):
-        raise DIDError(f"the mediator DID {did[:60]}… has no HTTP(S) DIDComm endpoint")
-    base = _http_base(endpoint)
-    ws_base = "ws" + base[4:] if base.startswith("http") else base
-    return MediatorInfo(did, endpoint, ws_base + "/ws", ws_base + "/relay", invitation)
+    return info_for(did, _service_uri(envelope, did), invitation)
 
 
 def _service_uri(envelope: Envelope, did: str) -> str | None:
     """The ``uri`` of the DID's first DIDCommMessaging service (a URL or a DID)."""
+    from pydid.service import DIDCommV2Service
+
     doc = envelope.resolver.parse_sync(did)
     for svc in doc.service or []:
         if isinstance(svc, DIDCommV2Service):
@@ -230,18 +218,6 @@ def _service_uri(envelope: Envelope, did: str) -> str | None:
             first = ep[0] if isinstance(ep, list) else ep
             return str(first.uri) if first is not None else None
     return None
-
-
-def _http_base(url: str) -> str:
-    """``scheme://host:port[/prefix]`` of a mediator URL, without our route names."""
-    parts = urlsplit(url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    path = parts.path.rstrip("/")
-    for suffix in ("/didcomm", "/invitation", "/invitation.json", "/ws", "/relay"):
-        if path.endswith(suffix):
-            path = path[: -len(suffix)]
-            break
-    return urlunsplit((scheme, parts.netloc, path, "", "")).rstrip("/")
 
 
 async def _get(url: str, timeout: float) -> str:
@@ -254,11 +230,7 @@ async def _get(url: str, timeout: float) -> str:
                 raise MediationError(f"{url} answered HTTP {resp.status}", code=_XFER)
             return await resp.text()
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise MediationError(f"cannot reach {url}: {_why(exc)}", code=_XFER) from None
-
-
-def _why(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
+        raise MediationError(f"cannot reach {url}: {why(exc)}", code=_XFER) from None
 
 
 def _local_did(identity: Identity | str, envelope: Envelope | None) -> tuple[str, Envelope]:
@@ -267,6 +239,8 @@ def _local_did(identity: Identity | str, envelope: Envelope | None) -> tuple[str
             raise EnvelopeError(f"no keys for {identity[:60]}…: pass its Identity or an Envelope")
         return identity, envelope
     if envelope is None:
+        from didsession.envelope import Envelope
+
         envelope = Envelope()
     if identity.did not in envelope.dids:
         if identity.ed25519_secret is None or identity.x25519_secret is None:
@@ -280,13 +254,7 @@ def _body(message: dict[str, Any]) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def _problem(message: dict[str, Any]) -> MediationError | None:
-    if message.get("type") != PROBLEM_REPORT:
-        return None
-    body = _body(message)
-    code = body.get("code") if isinstance(body.get("code"), str) else "e.p.req"
-    comment = str(body.get("comment") or "the mediator refused the request")
-    return MediationError(f"mediator: {comment}", code=code)
+_problem = problem_of
 
 
 def _b64decode(text: Any) -> bytes:
@@ -399,7 +367,7 @@ class MediatorClient:
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 await self.close()
                 raise MediationError(
-                    f"cannot open {self.info.ws_url}: {_why(exc)}", code=_XFER
+                    f"cannot open {self.info.ws_url}: {why(exc)}", code=_XFER
                 ) from None
             self._reader = asyncio.get_running_loop().create_task(self._read_ws())
 
@@ -462,7 +430,7 @@ class MediatorClient:
                     status = resp.status
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise MediationError(
-                f"cannot reach the mediator at {self.info.endpoint}: {_why(exc)}", code=_XFER
+                f"cannot reach the mediator at {self.info.endpoint}: {why(exc)}", code=_XFER
             ) from None
         if status == 202 or not body:
             return None
@@ -497,7 +465,7 @@ class MediatorClient:
         except TimeoutError:
             raise MediationError("the mediator did not answer in time", code=_XFER) from None
         except (ConnectionError, aiohttp.ClientError) as exc:
-            raise MediationError(f"WebSocket failed: {_why(exc)}", code=_XFER) from None
+            raise MediationError(f"WebSocket failed: {why(exc)}", code=_XFER) from None
         finally:
             self._waiting.pop(msg_id, None)
 
@@ -769,7 +737,7 @@ async def send_packed(packed: Packed, *, timeout: float = DEFAULT_TIMEOUT) -> No
             body = await resp.read()
             status = resp.status
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise MediationError(f"cannot reach {packed.endpoint}: {_why(exc)}", code=_XFER) from None
+        raise MediationError(f"cannot reach {packed.endpoint}: {why(exc)}", code=_XFER) from None
     if 200 <= status < 300:
         return
     try:
@@ -781,169 +749,6 @@ async def send_packed(packed: Packed, *, timeout: float = DEFAULT_TIMEOUT) -> No
 
 
 # -- the session relay ---------------------------------------------------------------------
-
-
-class RelayLink:
-    """One end of a relayed session: opaque frames to and from the peer.
-
-    ``await send(frame)`` / ``await recv()``; ``async for frame in link``; or
-    :meth:`streams` for code written against asyncio streams (the session protocol).
-    The link ends when either side closes it: :meth:`recv` then raises MediationError
-    (``e.p.xfer.closed`` when the peer left, the mediator's reason otherwise).
-    """
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession) -> None:
-        self._ws = ws
-        self._session = session
-        self.closed_reason: str | None = None
-
-    async def send(self, frame: bytes) -> None:
-        """Send one frame (waits while the peer reads slowly)."""
-        if self._ws.closed:
-            raise MediationError(
-                f"relay closed: {self.closed_reason or 'closed'}", code="e.p.xfer.closed"
-            )
-        try:
-            await self._ws.send_bytes(frame)
-        except (ConnectionError, aiohttp.ClientError) as exc:
-            raise MediationError(f"relay closed: {_why(exc)}", code="e.p.xfer.closed") from None
-
-    async def recv(self) -> bytes:
-        """The next frame from the peer."""
-        while True:
-            msg = await self._ws.receive()
-            if msg.type is aiohttp.WSMsgType.BINARY:
-                return bytes(msg.data)
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                continue
-            if msg.type in (
-                aiohttp.WSMsgType.CLOSE,
-                aiohttp.WSMsgType.CLOSING,
-                aiohttp.WSMsgType.CLOSED,
-            ):
-                reason = msg.extra or self._ws.close_code
-                self.closed_reason = str(reason or "closed")
-                code = "e.p.xfer.closed"
-                if self._ws.close_code == 1008:
-                    code = "e.p.me.res.quota" if "quota" in self.closed_reason else "e.p.xfer"
-                raise MediationError(f"relay closed: {self.closed_reason}", code=code)
-            if msg.type is aiohttp.WSMsgType.ERROR:
-                raise MediationError(f"relay failed: {msg.data}", code=_XFER)
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[bytes]:
-        while True:
-            try:
-                yield await self.recv()
-            except MediationError:
-                return
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._ws.close()
-        await self._session.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._ws.closed
-
-    async def streams(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """The link as an asyncio stream pair: written bytes go out as frames, frames
-        arrive as readable bytes (the session protocol's ``open_session`` takes these)."""
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=1 << 20)
-        protocol = asyncio.StreamReaderProtocol(reader)
-        transport = _RelayTransport(self, protocol, reader)
-        protocol.connection_made(transport)
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        return reader, writer
-
-
-class _RelayTransport(asyncio.Transport):
-    """Bytes written become relay frames, in order; frames received feed the reader."""
-
-    _HIGH = 1 << 18
-
-    def __init__(
-        self, link: RelayLink, protocol: asyncio.StreamReaderProtocol, reader: asyncio.StreamReader
-    ) -> None:
-        super().__init__()
-        self._link = link
-        self._protocol = protocol
-        self._pending: deque[bytes] = deque()
-        self._size = 0
-        self._paused = False
-        self._closing = False
-        self._wake = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._send_loop()),
-            loop.create_task(self._recv_loop(reader)),
-        ]
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closing or not data:
-            return
-        self._pending.append(bytes(data))
-        self._size += len(data)
-        self._wake.set()
-        if not self._paused and self._size > self._HIGH:
-            self._paused = True
-            self._protocol.pause_writing()
-
-    def get_write_buffer_size(self) -> int:
-        return self._size
-
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def close(self) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        self._wake.set()
-
-    def abort(self) -> None:
-        self._closing = True
-        for task in self._tasks:
-            task.cancel()
-        asyncio.get_running_loop().create_task(self._link.close())
-
-    def can_write_eof(self) -> bool:
-        return False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": "relay", "sockname": "relay"}.get(name, default)
-
-    async def _send_loop(self) -> None:
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while self._pending:
-                    frame = self._pending.popleft()
-                    await self._link.send(frame)
-                    self._size -= len(frame)
-                    if self._paused and self._size <= self._HIGH // 4:
-                        self._paused = False
-                        self._protocol.resume_writing()
-                if self._closing:
-                    await self._link.close()
-                    return
-        except MediationError as exc:
-            self._closing = True
-            self._protocol.connection_lost(exc)
-
-    async def _recv_loop(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                frame = await self._link.recv()
-                self._protocol.data_received(frame)
-        except MediationError:
-            self._protocol.eof_received()
-            self._protocol.connection_lost(None)
 
 
 @contextlib.asynccontextmanager
@@ -963,7 +768,9 @@ async def open_relay(
 
     The mediator challenges the connection with a nonce; this side answers with an
     ``open`` authcrypted from its DID, so the slot is provably its own.  Frames are
-    relayed as they are: encrypt them end to end (the session protocol does).
+    relayed as they are: encrypt them end to end (the session protocol does).  This is
+    :func:`didsession.relay_client.relay_link` with the envelope packing the ``open``
+    (and :func:`mediator_info` finding the mediator).
 
     Args:
         wait: seconds to wait for the peer (the mediator gives up at its own limit).
@@ -973,64 +780,16 @@ async def open_relay(
         MediationError: refused (``e.p.trust``, ``e.p.req.busy``, ``e.p.me.res.quota``),
             the peer did not come (``e.p.req.time``) or the relay unreachable (``e.p.xfer``).
     """
-    me, envelope = _local_did(identity, envelope)
-    info = await mediator_info(mediator, resolver_envelope=envelope, timeout=timeout)
-    session = aiohttp.ClientSession()
-    link: RelayLink | None = None
-    try:
-        try:
-            ws = await asyncio.wait_for(
-                session.ws_connect(info.relay_url, max_msg_size=max_frame, heartbeat=30.0),
-                timeout,
-            )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise MediationError(f"cannot open {info.relay_url}: {_why(exc)}", code=_XFER) from None
-        link = RelayLink(ws, session)
-        first = await _relay_control(ws, timeout)
-        if first.get("type") != RELAY_CHALLENGE:
-            raise MediationError("the relay sent no challenge", code="e.p.msg")
-        nonce = first.get("body", {}).get("nonce")
-        message = new_message(
-            RELAY_OPEN,
-            {"nonce": nonce, "session_id": session_id, "peer_did": peer_did},
-            frm=me,
-            to=[info.did],
-        )
-        packed = await envelope.pack(message, to=info.did, frm=me, forward=False)
-        await ws.send_str(packed.data.decode())
-        while True:
-            reply = await _relay_control(ws, wait)
-            state = reply.get("body", {}).get("state")
-            if reply.get("type") == RELAY_STATUS and state == "ready":
-                break
-            if reply.get("type") != RELAY_STATUS or state != "waiting":
-                raise MediationError("unexpected relay message", code="e.p.msg")
+    me, env = _local_did(identity, envelope)
+    info = await mediator_info(mediator, resolver_envelope=env, timeout=timeout)
+
+    async def pack(plaintext: bytes, to: str) -> bytes:
+        return (await env.pack_plaintext(plaintext, to=to, frm=me, forward=False)).data
+
+    async with relay_link(
+        info, me, session_id, peer_did, pack, timeout=timeout, wait=wait, max_frame=max_frame
+    ) as link:
         yield link
-    finally:
-        if link is not None:
-            await link.close()
-        else:
-            await session.close()
-
-
-async def _relay_control(ws: aiohttp.ClientWebSocketResponse, timeout: float) -> dict[str, Any]:
-    try:
-        msg = await ws.receive(timeout=timeout)
-    except TimeoutError:
-        raise MediationError("the relay did not answer in time", code="e.p.req.time") from None
-    if msg.type is not aiohttp.WSMsgType.TEXT:
-        reason = msg.extra if msg.type is aiohttp.WSMsgType.CLOSE else msg.type.name
-        raise MediationError(f"the relay closed: {reason}", code=_XFER)
-    try:
-        doc = json.loads(msg.data)
-    except ValueError:
-        raise MediationError("the relay sent something that is not JSON", code="e.p.msg") from None
-    if not isinstance(doc, dict):
-        raise MediationError("the relay sent something that is not an object", code="e.p.msg")
-    problem = _problem(doc)
-    if problem is not None:
-        raise problem
-    return doc
 
 
 def new_session_id() -> str:

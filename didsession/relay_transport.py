@@ -1,7 +1,7 @@
 """A relay link as an asyncio transport, so that any asyncio Protocol can run over the
-mediator's relay (:func:`didsession.mediation.open_relay`): MPyC links and multipath
-sessions alike.  Kept apart from :mod:`didsession.mediation` so that importing it costs
-nothing (no aiohttp, no DIDComm libraries)."""
+mediator's relay (:func:`didsession.relay_client.relay_link`,
+:func:`didsession.mediation.open_relay`): MPyC links and multipath sessions alike.  Kept
+apart from both so that importing it costs nothing (no sockets, no DIDComm libraries)."""
 
 from __future__ import annotations
 

@@ -43,6 +43,8 @@ __all__ = ["LOCAL", "activate", "add_options", "install", "our_options", "wanted
 # ``--didcomm`` without a roster: local mode.
 LOCAL = ""
 _RUNTIME = "mpyc.runtime"
+# Set by local mode for the parties it starts: wait for party 0 to write the roster.
+WAIT_ENV = "DIDSESSION_MPYC_WAIT"
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -227,9 +229,9 @@ def _plan(options: argparse.Namespace) -> Any:
         return launch_local(options)
     if options.didcomm_relay:
         raise ConfigError("--didcomm-relay is for local mode; a roster says relay_only itself")
-    from mpyc_adapter.launcher import WAIT_ENV, wait_for_roster
-
     if os.environ.get(WAIT_ENV):  # started by local mode: party 0 writes the roster
+        from mpyc_adapter.launcher import wait_for_roster
+
         wait_for_roster(options.didcomm)
     roster = load_roster(options.didcomm)
     if options.M is not None and options.M != len(roster):

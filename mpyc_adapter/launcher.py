@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from mpyc_adapter.hook import our_options
+from mpyc_adapter.hook import WAIT_ENV, our_options
 
 if TYPE_CHECKING:
     from mpyc_adapter.party import PartyPlan
@@ -42,7 +42,6 @@ __all__ = ["LocalParties", "launch_local"]
 GRACE = 20.0
 # How long a party started by local mode waits for party 0 to write the roster.
 WAIT = 60.0
-WAIT_ENV = "DIDSESSION_MPYC_WAIT"
 _FLAGS = {
     "debug": "d",
     "inspect": "i",

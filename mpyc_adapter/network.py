@@ -64,6 +64,7 @@ from mpyc_adapter.paths import (
 )
 from mpyc_adapter.roster import format_addr, short_did
 from mpyc_adapter.transport import (
+    DEFAULT_EAGER_BYTES,
     DEFAULT_MAX_BATCH,
     DEFAULT_RECORD_LIMIT,
     LinkState,
@@ -77,7 +78,7 @@ log = logging.getLogger("didsession.mpyc")
 # If set, each party appends one JSON line per link to this file at every shutdown.
 REPORT_ENV = "DIDSESSION_MPYC_REPORT"
 # Override the transport's coalescing (for measurements): the largest batch of MPyC writes
-# per record, and whether the first write of a turn goes out alone ("0": no).
+# per record, and the size from which a write is sealed at once (bytes; "0": no coalescing).
 BATCH_ENV = "DIDSESSION_MPYC_BATCH"
 EAGER_ENV = "DIDSESSION_MPYC_EAGER"
 HANDSHAKE_TIMEOUT = 30.0
@@ -137,6 +138,9 @@ class DidcommNetwork:
         self.links: dict[int, SessionTransport] = {}
         self.round = 0
         self._via_relay: set[int] = set()  # peers whose direct address did not answer
+        # Links to higher parties being prepared while MPyC connects to a lower one.
+        self._ahead: dict[int, asyncio.Task[SessionTransport]] = {}
+        self._ahead_started = False
         self._warned: set[tuple[int, str]] = set()
         self._stopping = False
         self._stop_code = "e.p.mpyc.stopped"
@@ -150,7 +154,7 @@ class DidcommNetwork:
         self._board: Any = None
         self._no_board = False  # the NatPaths of this party, once a relay link needs them
         self.max_batch = int(os.environ.get(BATCH_ENV) or DEFAULT_MAX_BATCH)
-        self.eager = os.environ.get(EAGER_ENV, "1") != "0"
+        self.eager_bytes = int(os.environ.get(EAGER_ENV) or DEFAULT_EAGER_BYTES)
 
     # -- what MPyC's start() calls -----------------------------------------------------------
 
@@ -163,6 +167,7 @@ class DidcommNetwork:
         self._orig_create_server = loop.create_server
         self.round += 1
         self.links = {}
+        self._ahead_started = False
         self.started_at = time.monotonic()
         setattr(loop, "create_connection", self.create_connection)  # noqa: B010
         setattr(loop, "create_server", self.create_server)  # noqa: B010
@@ -171,6 +176,7 @@ class DidcommNetwork:
             yield
         finally:
             self._starting = False
+            self._drop_prepared()
             for name in ("create_connection", "create_server"):
                 with contextlib.suppress(AttributeError):
                     delattr(loop, name)
@@ -179,6 +185,10 @@ class DidcommNetwork:
         self, protocol_factory: Callable[[], Any], host: Any = None, port: Any = None, **kw: Any
     ) -> tuple[asyncio.BaseTransport, Any]:
         """Connect to a higher party (MPyC's connecting side).
+
+        MPyC connects to the higher parties one after another; the first call starts the
+        sessions with all of them at once (:meth:`_prepare`), so that later calls find
+        their link ready instead of waiting through another handshake.
 
         Any ordinary exception makes MPyC retry in 0.1 s; a refusal or program mismatch
         raises SystemExit.
@@ -189,6 +199,26 @@ class DidcommNetwork:
         if not isinstance(peer, int) or not 0 <= peer < len(self.roster):
             # Not one of MPyC's peer links: leave it alone.
             return await self._orig_create_connection(lambda: protocol, host, port, **kw)
+        if not self._ahead_started:
+            self._ahead_started = True
+            loop = asyncio.get_running_loop()
+            for other in range(peer + 1, len(self.roster)):
+                party = self.rt.parties[other]
+                task = loop.create_task(self._prepare(other, party.host, party.port))
+                self._ahead[other] = task
+        if peer in self._ahead:
+            link = await self._ahead.pop(peer)
+        else:
+            link = await self._prepare(peer, host, port)
+        self._attach(link, protocol, peer, expect_pid=None)
+        return link, protocol
+
+    async def _prepare(self, peer: int, host: Any, port: Any) -> SessionTransport:
+        """A link to higher party ``peer``, up to the program agreement: ready for MPyC.
+
+        Raises:
+            ConnectionError: the session failed (MPyC tries again).
+        """
         label = self.party_label(peer)
         link: SessionTransport | None = None
         try:
@@ -200,6 +230,7 @@ class DidcommNetwork:
             )
             await link.initiate(hs, self._pack, self._unpack, HANDSHAKE_TIMEOUT)
             self._upgrade(link, hs)
+            agreed = await self._agree(link, peer)
         except DidSessionError as exc:
             if link is not None:
                 link.close()
@@ -212,10 +243,35 @@ class DidcommNetwork:
             if link is not None:
                 link.close()
             raise
-        if not await self._agree(link, peer):
+        if not agreed:
             await self._halted()  # never return to MPyC's start(): this party is stopping
-        self._attach(link, protocol, peer, expect_pid=None)
-        return link, protocol
+        return link
+
+    def _drop_prepared(self, exc: ProtocolError | None = None) -> set[int]:
+        """Links prepared ahead that MPyC has not taken.
+
+        With ``exc`` (stopping): fail the ready ones with it, so that their peers hear
+        why, and let the others run on (they see the stop at the program agreement).
+        Without (``start()`` ended): cancel and close them all.  Returns the peers told.
+        """
+        told = set()
+        for peer, task in list(self._ahead.items()):
+            if not task.done():
+                if exc is None:
+                    task.cancel()
+                continue
+            del self._ahead[peer]
+            if not task.cancelled() and task.exception() is None:
+                link = task.result()
+                link.path_info["stopping"] = True
+                if exc is not None:
+                    link.fail(exc)
+                    told.add(peer)
+                else:
+                    link.close()
+        if exc is None:
+            self._ahead = {}
+        return told
 
     async def _open_path(self, peer: int, host: Any, port: Any) -> SessionTransport:
         """A link to ``peer`` on its path: the relay if the roster says so; else direct
@@ -307,7 +363,7 @@ class DidcommNetwork:
             label=label,
             record_limit=limit,
             max_batch=self.max_batch,
-            eager=self.eager,
+            eager_bytes=self.eager_bytes,
         )
 
     def _handshake(
@@ -366,7 +422,7 @@ class DidcommNetwork:
             lambda: link,
             mediator=mediator,
             local_did=self.identity.did,
-            envelope=self.codec.envelope,
+            pack=self.codec.pack,  # the light authcrypt: no DIDComm libraries to import
             session_id=relay_session_id(self.roster, low, high, self.round),
             peer_did=self.roster.parties[peer].did,
             wait=RELAY_WAIT,
@@ -492,7 +548,12 @@ class DidcommNetwork:
         self, link: SessionTransport, protocol: Any, peer: int, expect_pid: int | None
     ) -> None:
         if link.state is not LinkState.AGREEMENT:
-            if not self._stopping:
+            if self._stopping:
+                return
+            why = link.peer_error
+            if why is not None and why.code.startswith("e.p.mpyc."):
+                self._peer_stopped(link, why)  # it stopped after agreeing with us: say why
+            else:
                 self.stop(f"the link with {link.label} closed before the computation began")
             return
         self.links[peer] = link
@@ -553,20 +614,25 @@ class DidcommNetwork:
         self._stopping = True
         self._stop_code = code
         print(f"didsession: error: party {self.pid}: {message}", file=sys.stderr, flush=True)
+        told = self._drop_prepared(RemoteProtocolError("stopped", code=code))
         for link in list(self.links.values()):
             link.path_info["stopping"] = True
             if link.state is LinkState.OPEN:
                 link.fail(RemoteProtocolError("stopped", code=code))
         loop = self._loop or asyncio.get_event_loop()
         if self._starting:
-            self._tasks.add(loop.create_task(self._tell_and_exit()))
+            self._tasks.add(loop.create_task(self._tell_and_exit(told)))
         else:
             loop.call_soon(_exit)
 
-    async def _tell_and_exit(self) -> None:
+    async def _tell_and_exit(self, told: set[int]) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STOP_GRACE
-        higher = [p for p in range(self.pid + 1, len(self.roster)) if p not in self.links]
+        higher = [
+            p
+            for p in range(self.pid + 1, len(self.roster))
+            if p not in self.links and p not in told
+        ]
         if higher:
             tells = [loop.create_task(self._tell(p)) for p in higher]
             _, pending = await asyncio.wait(tells, timeout=STOP_GRACE)

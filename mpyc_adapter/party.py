@@ -8,7 +8,6 @@ the one identity there whose DID is in the roster, or the one named by
 
 from __future__ import annotations
 
-import getpass
 import os
 import sys
 from dataclasses import dataclass, field
@@ -104,6 +103,8 @@ def _passphrase(ident: Identity) -> str:
     if env:
         return env
     if sys.stdin.isatty():
+        import getpass
+
         return getpass.getpass(f"passphrase of identity {ident.name!r}: ")
     raise IdentityError(
         f"identity {ident.name!r} is passphrase-protected: set $DIDSESSION_PASSPHRASE"

@@ -5,10 +5,12 @@ Protocol (``connection_made`` / ``data_received`` / ``connection_lost``):
 
 * ``direct``: a TCP connection.  The accepting party listens where the roster (or MPyC's
   defaults) says; the connecting party retries like MPyC does.
-* ``relay``: the mediator's session relay (:func:`didsession.mediation.open_relay`): both
-  parties open the relay for the same relay session id and exchange whole records as
+* ``relay``: the mediator's session relay (:func:`didsession.relay_client.relay_link`):
+  both parties open the relay for the same relay session id and exchange whole records as
   WebSocket messages.  Nothing here depends on the relay beyond that function, so the
-  layer above works unchanged whether or not a mediator is configured.
+  layer above works unchanged whether or not a mediator is configured.  Given the party's
+  ``pack`` (its :class:`~didsession.peer.HandshakeCodec`), opening a relay loads neither
+  the DIDComm libraries nor pydid, and the mediator is looked up once per process.
 
 Which path a link takes is decided by :func:`choose_path` from the roster, identically on
 both sides: direct when the accepting party has an address, else the relay.
@@ -20,7 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -91,9 +93,9 @@ def relay_session_id(roster: Roster, low: int, high: int, round_: int) -> str:
 
 
 def relay_available() -> bool:
-    """Whether this installation has the relay client (:mod:`didsession.mediation`)."""
+    """Whether this installation has the relay client (:mod:`didsession.relay_client`)."""
     try:
-        from didsession.mediation import open_relay  # noqa: F401
+        from didsession.relay_client import relay_link  # noqa: F401
     except ImportError:
         return False
     return True
@@ -104,24 +106,39 @@ async def open_relay_path(
     *,
     mediator: str,
     local_did: str,
-    envelope: Envelope,
     session_id: str,
     peer_did: str,
     wait: float,
+    pack: Callable[[bytes, str], Awaitable[bytes]] | None = None,
+    envelope: Envelope | None = None,
 ) -> tuple[RelayPath, asyncio.Protocol]:
     """Open the mediator's relay for ``session_id`` with ``peer_did`` (waits for the peer)
     and run a protocol on it.
 
+    The relay's ``open`` is authcrypted from ``local_did`` by ``pack`` (plaintext bytes and
+    the recipient DID in, the packed bytes out: :meth:`HandshakeCodec.pack
+    <didsession.peer.HandshakeCodec.pack>`), or else by ``envelope``, which must hold the
+    keys of ``local_did``.
+
     Raises:
         MediationError: the relay refused, is unreachable, or the peer did not come.
+        InvitationError / DIDError: the mediator's invitation or DID is unusable.
     """
-    from didsession.mediation import open_relay
-
     stack = contextlib.AsyncExitStack()
     try:
-        link = await stack.enter_async_context(
-            open_relay(mediator, local_did, session_id, peer_did, envelope=envelope, wait=wait)
-        )
+        if pack is not None:
+            from didsession.relay_client import relay_link
+
+            opening = relay_link(mediator, local_did, session_id, peer_did, pack, wait=wait)
+        elif envelope is not None:
+            from didsession.mediation import open_relay
+
+            opening = open_relay(
+                mediator, local_did, session_id, peer_did, envelope=envelope, wait=wait
+            )
+        else:
+            raise TypeError("open_relay_path needs pack or envelope")
+        link = await stack.enter_async_context(opening)
     except BaseException:
         await stack.aclose()
         raise

@@ -98,7 +98,7 @@ Fatal = list[tuple[SessionTransport, DidSessionError]]
 
 
 async def linked(
-    *, record_limit: int = 1 << 24, max_batch: int = 1 << 20, eager: bool = False
+    *, record_limit: int = 1 << 24, max_batch: int = 1 << 20, eager_bytes: int = 1 << 30
 ) -> tuple[SessionTransport, SessionTransport, Pipe, Pipe, Fatal]:
     """Two links after handshake and agreement: (initiator, responder, their pipes)."""
     fatal: Fatal = []
@@ -111,7 +111,7 @@ async def linked(
         label="party 1",
         record_limit=record_limit,
         max_batch=max_batch,
-        eager=eager,
+        eager_bytes=eager_bytes,
     )
     b = SessionTransport(on_fatal=on_fatal, label="party 0", record_limit=record_limit)
     pa, pb = Pipe(), Pipe()
@@ -161,22 +161,46 @@ def test_writes_of_one_turn_travel_as_one_record() -> None:
     asyncio.run(main())
 
 
-def test_first_write_goes_at_once_and_batches_are_bounded() -> None:
+def test_large_writes_go_at_once_and_batches_are_bounded() -> None:
     async def main() -> None:
-        a, b, pa, _, _ = await linked(max_batch=8, eager=True)
+        a, b, pa, _, _ = await linked(max_batch=8, eager_bytes=100)
         a.attach(App())
         app_b = App()
         b.attach(app_b)
         pa.writes.clear()
         for pc in range(20):
             a.write(frame(pc, b"x"))
-        # The first write alone at once, then every 8 at once, the last 3 at the turn's end.
-        assert [len(w) - OVERHEAD for w in pa.writes] == [13, 8 * 13, 8 * 13]
+        # Small writes wait for the end of the turn, but never more than 8 of them.
+        assert [len(w) - OVERHEAD for w in pa.writes] == [8 * 13, 8 * 13]
+        big = frame(20, bytes(100))
+        a.write(big)  # a large write goes at once, with the 4 small ones before it
+        assert [len(w) - OVERHEAD for w in pa.writes] == [8 * 13, 8 * 13, 4 * 13 + 112]
+        a.write(frame(21, b"y"))
         await turns()
-        assert [len(w) - OVERHEAD for w in pa.writes] == [13, 8 * 13, 8 * 13, 3 * 13]
-        assert bytes(app_b.data) == b"".join(frame(pc, b"x") for pc in range(20))
-        a.write(frame(99, b"lone"))  # a new turn: out at once again
+        assert [len(w) - OVERHEAD for w in pa.writes][3:] == [13]
+        expected = b"".join(frame(pc, b"x") for pc in range(20)) + big + frame(21, b"y")
+        assert bytes(app_b.data) == expected
+        a.write(frame(99, b"lone"))  # a new turn: the end of it sends it
+        assert len(pa.writes) == 4
+        await turns()
         assert len(pa.writes) == 5
+
+    asyncio.run(main())
+
+
+def test_without_coalescing_every_write_is_a_record() -> None:
+    async def main() -> None:
+        a, b, pa, _, _ = await linked(eager_bytes=0)
+        a.attach(App())
+        app_b = App()
+        b.attach(app_b)
+        pa.writes.clear()
+        for pc in range(5):
+            a.write(frame(pc, b"x"))
+        assert [len(w) - OVERHEAD for w in pa.writes] == [13] * 5
+        await turns()
+        assert len(pa.writes) == 5
+        assert bytes(app_b.data) == b"".join(frame(pc, b"x") for pc in range(5))
 
     asyncio.run(main())
 

@@ -28,7 +28,7 @@ async def captured_stream(
     """A receiving link with its app attached, the bytes the sender put on the wire for
     ``messages`` (written over several event-loop turns, so several records), and the list
     the links' fatal errors go to."""
-    a, b, _, pb, errors = await linked(record_limit=record_limit, max_batch=8, eager=True)
+    a, b, _, pb, errors = await linked(record_limit=record_limit, max_batch=8, eager_bytes=200)
     sink = App()
     pb.protocol = sink  # what A writes now lands here instead of at B
     app_a, app_b = App(), App()

@@ -37,7 +37,6 @@ import base64
 import binascii
 import json
 import os
-import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
@@ -413,7 +412,13 @@ def pull_message(data: bytes) -> Message:
 
 
 def _new_id(rand: Callable[[int], bytes]) -> str:
-    return str(uuid.UUID(bytes=rand(16), version=4))
+    """A random UUID (version 4), as ``str(uuid.UUID(bytes=..., version=4))`` writes it
+    (without importing :mod:`uuid`, which an MPyC party would load for this alone)."""
+    b = bytearray(rand(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 # -- the state machine --------------------------------------------------------------------
