@@ -91,6 +91,9 @@ REFUSED_PATIENCE = 1.0
 # How long a party that stops during start() goes on telling the others why.
 STOP_GRACE = 2.0
 RELAY_WAIT = 60.0
+# Links appear in ``didsession status`` once this party has computed for this long: a
+# short run does not pay for the status files (nor delay its start writing them).
+STATUS_AFTER = 1.0
 # Set to "0" to keep links that start on the relay there (no candidates, no direct paths).
 DIRECT_ENV = "DIDSESSION_MPYC_DIRECT"
 # How long a link that started on the relay tries its peer's candidates for a direct path.
@@ -150,9 +153,10 @@ class DidcommNetwork:
         self._orig_create_connection: Callable[..., Any] | None = None
         self._orig_create_server: Callable[..., Any] | None = None
         self.started_at = 0.0
-        self._direct: Any = None
+        self._direct: Any = None  # the NatPaths of this party, once a relay link needs them
         self._board: Any = None
-        self._no_board = False  # the NatPaths of this party, once a relay link needs them
+        self._no_board = False
+        self._board_timer: asyncio.TimerHandle | None = None
         self.max_batch = int(os.environ.get(BATCH_ENV) or DEFAULT_MAX_BATCH)
         self.eager_bytes = int(os.environ.get(EAGER_ENV) or DEFAULT_EAGER_BYTES)
 
@@ -558,9 +562,11 @@ class DidcommNetwork:
             return
         self.links[peer] = link
         link.attach(protocol, expect_pid=expect_pid)
-        board = self._link_board()
-        if board is not None:
-            board.add(peer, link, self.roster.parties[peer].did, relay_only=self.roster.relay_only)
+        if self._board is not None:
+            self._publish_link(peer, link)
+        elif self._board_timer is None and not self._no_board:
+            loop = asyncio.get_running_loop()
+            self._board_timer = loop.call_later(STATUS_AFTER, self._publish_links)
         chan = link.channel
         path = link.get_extra_info("path")
         where = ""
@@ -696,6 +702,18 @@ class DidcommNetwork:
             )
         return out
 
+    def _publish_links(self) -> None:
+        """Put the open links on the status board (``STATUS_AFTER`` into the run)."""
+        self._board_timer = None
+        for peer, link in self.links.items():
+            if link.state is LinkState.OPEN:
+                self._publish_link(peer, link)
+
+    def _publish_link(self, peer: int, link: SessionTransport) -> None:
+        board = self._link_board()
+        if board is not None:
+            board.add(peer, link, self.roster.parties[peer].did, relay_only=self.roster.relay_only)
+
     def _link_board(self) -> Any:
         """The status files of this party's links (``didsession status``), or None."""
         if self._board is None and not self._no_board:
@@ -711,6 +729,9 @@ class DidcommNetwork:
         return self._board
 
     def log_report(self) -> None:
+        if self._board_timer is not None:
+            self._board_timer.cancel()
+            self._board_timer = None
         if self._board is not None:
             self._board.close_all()
         rows = self.report()

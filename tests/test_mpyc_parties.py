@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -358,3 +359,20 @@ def test_links_without_addresses_start_on_the_relay_and_go_direct(
         assert r.lines[:-1] == tcp_workload[:-1]
         assert "direct-path candidates: host 127.0.0.1:" in r.out
         assert "now on the direct path" in r.out and "(upgrade)" in r.out
+
+
+def test_links_appear_in_status_once_the_run_lasts(parties: Parties, tmp_path: Path) -> None:
+    """Links are published to ``didsession status`` STATUS_AFTER (1 s) into a run: a run
+    that lasts shows them; a shorter one never writes a status file."""
+    path = parties.roster(3)
+    results = ok(parties.didcomm("linger.py", ["1.6"], path, 3, tmp_path / "long"))
+    for i, r in enumerate(results):
+        assert f"party {i} links in status: 2" in r.lines, r.out
+    for home in parties.homes[:3]:
+        shutil.rmtree(home / "run", ignore_errors=True)
+    results = ok(parties.didcomm("linger.py", ["0.2"], path, 3, tmp_path / "short"))
+    for i, r in enumerate(results):
+        assert f"party {i} links in status: 0" in r.lines, r.out
+    for home in parties.homes[:3]:
+        sessions = home / "run" / "sessions"
+        assert not sessions.exists() or not any(sessions.iterdir())
