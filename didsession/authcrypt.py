@@ -48,8 +48,10 @@ import json
 import os
 import re
 import struct
+import time
+import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -670,3 +672,35 @@ def _cbc_hs512_decrypt(cek: bytes, iv: bytes, ciphertext: bytes, tag: bytes, aad
 def _cbc_hs512_tag(mac_key: bytes, aad: bytes, iv: bytes, ciphertext: bytes) -> bytes:
     al = struct.pack(">Q", 8 * len(aad))
     return hmac.new(mac_key, aad + iv + ciphertext + al, hashlib.sha512).digest()[:32]
+
+
+# -- plaintext messages (shared with didsession.envelope and didsession.relay_client) ---------
+
+PLAIN_TYP = "application/didcomm-plain+json"
+
+
+def new_message(
+    type_: str,
+    body: dict[str, Any],
+    *,
+    frm: str | None = None,
+    to: Sequence[str] | None = None,
+    thid: str | None = None,
+    msg_id: str | None = None,
+    created_time: int | None = None,
+) -> dict[str, Any]:
+    """A DIDComm v2 plaintext message (spec §2.4 message structure)."""
+    msg: dict[str, Any] = {
+        "id": msg_id or str(uuid.uuid4()),
+        "typ": PLAIN_TYP,
+        "type": type_,
+    }
+    if frm:
+        msg["from"] = frm
+    if to:
+        msg["to"] = list(to)
+    if thid:
+        msg["thid"] = thid
+    msg["created_time"] = int(time.time()) if created_time is None else created_time
+    msg["body"] = body
+    return msg

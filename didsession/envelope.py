@@ -19,8 +19,6 @@ import base64
 import copy
 import hashlib
 import json
-import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from didcomm_messaging.routing import RoutingService, RoutingServiceError
 from pydid import VerificationMethod
 from pydid.service import DIDCommV2Service
 
+from didsession.authcrypt import new_message
 from didsession.did import PeerResolver, check_did_syntax, legacy_fragments
 from didsession.errors import DecryptError, DIDError, DidSessionError, EnvelopeError
 
@@ -50,38 +49,10 @@ __all__ = [
 ]
 
 FORWARD_TYPE = "https://didcomm.org/routing/2.0/forward"
-PLAIN_TYP = "application/didcomm-plain+json"
 ENCRYPTED_TYP = "application/didcomm-encrypted+json"
 # Larger messages are refused before any parsing; a mediator may set a lower limit.
 MAX_ENVELOPE_BYTES = 1 << 20
 MAX_RECIPIENTS = 16
-
-
-def new_message(
-    type_: str,
-    body: dict[str, Any],
-    *,
-    frm: str | None = None,
-    to: Sequence[str] | None = None,
-    thid: str | None = None,
-    msg_id: str | None = None,
-    created_time: int | None = None,
-) -> dict[str, Any]:
-    """A DIDComm v2 plaintext message (spec §2.4 message structure)."""
-    msg: dict[str, Any] = {
-        "id": msg_id or str(uuid.uuid4()),
-        "typ": PLAIN_TYP,
-        "type": type_,
-    }
-    if frm:
-        msg["from"] = frm
-    if to:
-        msg["to"] = list(to)
-    if thid:
-        msg["thid"] = thid
-    msg["created_time"] = int(time.time()) if created_time is None else created_time
-    msg["body"] = body
-    return msg
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,17 +29,15 @@ import base64
 import binascii
 import contextlib
 import json
-import time
-import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import aiohttp
 
-from didsession.authcrypt import NeedsFullEnvelope, check_did_syntax, did_keys
+from didsession.authcrypt import NeedsFullEnvelope, check_did_syntax, did_keys, new_message
 from didsession.errors import DIDError, InvitationError, MediationError
 
 if TYPE_CHECKING:
@@ -59,7 +57,6 @@ __all__ = [
 
 DEFAULT_TIMEOUT: Final = 15.0
 
-PLAIN_TYP: Final = "application/didcomm-plain+json"
 PROBLEM_REPORT: Final = "https://didcomm.org/report-problem/2.0/problem-report"
 RELAY_CHALLENGE: Final = "https://didsession.dev/relay/1.0/challenge"
 RELAY_OPEN: Final = "https://didsession.dev/relay/1.0/open"
@@ -74,30 +71,6 @@ RelayPackFn = Callable[[bytes, str], Awaitable[bytes]]
 
 # did:peer:2 service abbreviations (did:peer spec, "Service Encoding"; did_peer_2).
 _EXPAND = {"t": "type", "s": "serviceEndpoint", "r": "routingKeys", "a": "accept"}
-
-
-def new_message(
-    type_: str,
-    body: dict[str, Any],
-    *,
-    frm: str | None = None,
-    to: Sequence[str] | None = None,
-    thid: str | None = None,
-    msg_id: str | None = None,
-    created_time: int | None = None,
-) -> dict[str, Any]:
-    """A DIDComm v2 plaintext message: the same as :func:`didsession.envelope.new_message`,
-    without importing the envelope."""
-    msg: dict[str, Any] = {"id": msg_id or str(uuid.uuid4()), "typ": PLAIN_TYP, "type": type_}
-    if frm:
-        msg["from"] = frm
-    if to:
-        msg["to"] = list(to)
-    if thid:
-        msg["thid"] = thid
-    msg["created_time"] = int(time.time()) if created_time is None else created_time
-    msg["body"] = body
-    return msg
 
 
 # -- finding the mediator ------------------------------------------------------------------
