@@ -49,7 +49,9 @@ class NatPaths(DirectPaths):
         quiet = channel.role is Role.RESPONDER
         mpt.add_path(PathKind.RELAY, relay, quiet=quiet, local="relay", remote="relay")
         link.connection_made(mpt)
-        link.path_info.pop("path", None)  # the multipath transport answers "path" from now on
+        # The multipath transport answers "path" from now on; "setup" keeps where the link
+        # was set up (the log line and run-e3's report name that path).
+        link.path_info["setup"] = link.path_info.pop("path", None)
         self.transports.append(mpt)
         self.attach(mpt, channel, peer_candidates)
 

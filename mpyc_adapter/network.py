@@ -568,7 +568,9 @@ class DidcommNetwork:
             loop = asyncio.get_running_loop()
             self._board_timer = loop.call_later(STATUS_AFTER, self._publish_links)
         chan = link.channel
-        path = link.get_extra_info("path")
+        # Where the link was set up: a link prepared ahead may have gone direct meanwhile
+        # (that is logged as it happens).
+        path = link.path_info.get("setup") or link.get_extra_info("path")
         where = ""
         if path == "direct":
             sock, remote = link.get_extra_info("sockname"), link.get_extra_info("peername")
