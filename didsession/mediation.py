@@ -56,6 +56,7 @@ from didsession.relay_client import (
     MediatorInfo,
     RelayLink,
     http_base,
+    http_get,
     info_for,
     new_message,
     problem_of,
@@ -196,7 +197,7 @@ async def mediator_info(
         did = invitation.did
     elif text.startswith(("http://", "https://", "ws://", "wss://")):
         url = http_base(text) + "/invitation"
-        body = await _get(url, timeout)
+        body = (await http_get(url, timeout)).decode(errors="replace")
         invitation = parse_invitation(body, envelope.resolver)
         did = invitation.did
     else:
@@ -218,19 +219,6 @@ def _service_uri(envelope: Envelope, did: str) -> str | None:
             first = ep[0] if isinstance(ep, list) else ep
             return str(first.uri) if first is not None else None
     return None
-
-
-async def _get(url: str, timeout: float) -> str:
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
-            session.get(url) as resp,
-        ):
-            if resp.status != 200:
-                raise MediationError(f"{url} answered HTTP {resp.status}", code=_XFER)
-            return await resp.text()
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise MediationError(f"cannot reach {url}: {why(exc)}", code=_XFER) from None
 
 
 def _local_did(identity: Identity | str, envelope: Envelope | None) -> tuple[str, Envelope]:

@@ -49,6 +49,7 @@ __all__ = [
     "RelayLink",
     "RelayPackFn",
     "forget_relay_info",
+    "http_get",
     "new_message",
     "relay_info",
     "relay_link",
@@ -230,7 +231,9 @@ def _invitation_did(source: str | bytes) -> str:
     return did
 
 
-async def _fetch(url: str, timeout: float) -> bytes:
+async def http_get(url: str, timeout: float) -> bytes:
+    """GET ``url`` (an invitation): its body, cut just past ``MAX_INVITATION_BYTES`` so
+    that the invitation's size check refuses it without reading more."""
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
@@ -256,7 +259,7 @@ async def _find(mediator: str, timeout: float) -> MediatorInfo:
         elif "_oob=" in text or text.startswith("{"):
             did = _invitation_did(text)
         elif text.startswith(("http://", "https://", "ws://", "wss://")):
-            did = _invitation_did(await _fetch(http_base(text) + "/invitation", timeout))
+            did = _invitation_did(await http_get(http_base(text) + "/invitation", timeout))
         else:
             raise InvitationError(
                 f"not a mediator URL, invitation or DID: {text[:60]!r} (use http(s)://, "

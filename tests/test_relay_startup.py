@@ -161,13 +161,13 @@ def test_relay_info_is_mediator_info_and_looked_up_once(
     mediator: EmbeddedMediator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fetches: list[str] = []
-    fetch = relay_client._fetch
+    fetch = relay_client.http_get
 
     async def counting(url: str, timeout: float) -> bytes:
         fetches.append(url)
         return await fetch(url, timeout)
 
-    monkeypatch.setattr(relay_client, "_fetch", counting)
+    monkeypatch.setattr(relay_client, "http_get", counting)
 
     async def main() -> tuple[list[MediatorInfo], MediatorInfo]:
         first = await asyncio.gather(*(relay_info(mediator.url) for _ in range(3)))
