@@ -142,7 +142,11 @@ def test_writes_of_one_turn_travel_as_one_record() -> None:
     async def main() -> None:
         a, b, pa, _, fatal = await linked()
         app_a, app_b = App(hello=(0).to_bytes(2, "little") + b"k" * 16), App()
+        pa.writes.clear()
         a.attach(app_a)
+        # MPyC's hello (party id and PRSS keys, one writelines) leaves at once: MPyC goes
+        # on computing after it, and the peer's start must not wait for that.
+        assert len(pa.writes) == 1
         b.attach(app_b, expect_pid=0)
         await turns()
         pa.writes.clear()
