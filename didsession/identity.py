@@ -17,6 +17,8 @@ swapped under another identity unnoticed.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -366,10 +368,29 @@ class Store:
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"contacts file {self._contacts_path()} is corrupt") from exc
 
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        """Hold an exclusive lock on ``name`` in the home: two processes that read, change
+        and write the same file (two ``didsession accept`` at once) must not interleave,
+        or one's change is lost."""
+        self._ensure_home()
+        fd = os.open(self.home / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def add_contact(
         self, did: str, *, label: str | None, alias: str | None, invitation_id: str | None
     ) -> Contact:
         """Store a contact; re-accepting the same DID updates it in place."""
+        with self._locked("contacts"):
+            return self._add_contact(did, label, alias, invitation_id)
+
+    def _add_contact(
+        self, did: str, label: str | None, alias: str | None, invitation_id: str | None
+    ) -> Contact:
         contacts = self.contacts()
         base = alias or _alias_from(label) or f"peer{len(contacts) + 1}"
         if not _NAME.match(base):
@@ -388,7 +409,6 @@ class Store:
         contact = Contact(chosen, did, label, time.time(), invitation_id)
         kept = [c for c in contacts if c.did != did]
         kept.append(contact)
-        self._ensure_home()
         doc = {"version": FORMAT_VERSION, "contacts": [c.to_json() for c in kept]}
         write_private(self._contacts_path(), json.dumps(doc, indent=2).encode())
         return contact

@@ -30,9 +30,10 @@ event loop.  Here a write of fewer than ``eager_bytes`` bytes only appends to a 
 them as **one** record: one AEAD operation and one socket write, and no timer (the record
 leaves as soon as the callbacks already queued have run).  A write of at least
 ``eager_bytes`` goes out at once, with whatever is queued before it: a large message is
-worth sending while this party computes on, and its own cost dwarfs a record's.  MPyC's hello
-(``writelines``: its party id and PRSS keys) also goes at once: MPyC computes right after it.  A turn that
-writes ``max_batch`` frames seals them at once, which bounds what waits in memory.
+worth sending while this party computes on, and its own cost dwarfs a record's.  MPyC's
+hello (``writelines``: its party id and PRSS keys) also goes at once: MPyC computes right
+after it.  A turn that writes ``max_batch`` frames seals them at once, which bounds what
+waits in memory.
 Measured (bench/mpyc.py, 3 parties on 2 cores; AES has ~3.6 MPyC writes per turn and link):
 sending the first write of each turn at once and batching the rest made a scalar-heavy run
 ~10% slower than batching all small writes, and holding back large writes made a NumPy run

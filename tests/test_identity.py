@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -132,3 +134,28 @@ def test_contacts(tmp_path: Path) -> None:
     assert store.find_contact(c.alias).did == other.did
     with pytest.raises(ConfigError, match="accept their invitation"):
         store.find_contact("nobody")
+
+
+def _accept_many(home: str, worker: int, start: Any) -> None:
+    store = Store(Path(home))
+    start.wait()
+    for k in range(6):
+        did = f"did:peer:2.Ez6LSworker{worker}x{k}"
+        store.add_contact(did, label=f"w{worker}-{k}", alias=None, invitation_id=None)
+
+
+def test_concurrent_accepts_lose_no_contact(tmp_path: Path) -> None:
+    """Several processes adding contacts to one home at once (``didsession accept`` run
+    twice in parallel): every contact is kept, each alias is unique."""
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Barrier(5)
+    procs = [ctx.Process(target=_accept_many, args=(str(tmp_path), w, start)) for w in range(5)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0] * 5
+    contacts = Store(tmp_path).contacts()
+    assert len(contacts) == 30
+    assert len({c.alias for c in contacts}) == 30
+    assert stat.S_IMODE((tmp_path / ".contacts.lock").stat().st_mode) == 0o600
