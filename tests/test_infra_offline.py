@@ -606,6 +606,7 @@ MPYC_STDOUT = """\
 parties 3 sum 30 max 17 acc 179 below 2
 2026-11-21 06:43:05,796 Stop MPyC -- elapsed time: 0:01:02.148|bytes sent: 15704
 2026-11-21 06:43:05,808 didsession: link with party 1 (p1): direct, 130 messages in 38 records (3.42/record), 8.18 bytes of session overhead per message
+2026-11-21 06:43:05,808 didsession: link with party 2 (p2): direct, 120 messages in 30 records (4.0/record), 7.0 bytes of session overhead per message
 """
 
 
@@ -616,12 +617,15 @@ def test_parse_mpyc_output() -> None:
         "mpyc_elapsed_seconds": pytest.approx(62.148),
         "bytes_sent": 15704,
         "links": {"1": "direct", "2": "relay"},
+        # the link with party 2 was set up on the relay and ended on a direct path
+        "links_at_end": {"1": "direct", "2": "direct"},
     }
     assert e3.parse_mpyc_output("") == {
         "output": [],
         "mpyc_elapsed_seconds": None,
         "bytes_sent": None,
         "links": {},
+        "links_at_end": {},
     }
 
 
@@ -783,6 +787,7 @@ def test_runner_ssh_mode_end_to_end(tmp_path: Path) -> None:
     assert report["mediator"]["url"] == med_url and report["mediator"]["did"]
     links = {p["host"]: p["links"] for p in report["parties"]}
     assert links["h0"] == {"1": "direct", "2": "relay"}
+    assert all(set(p["links_at_end"]) == set(p["links"]) for p in report["parties"])
     assert (tmp_path / "remote1" / "e3" / "sums.py").is_file()  # synced over "ssh"
     assert (tmp_path / "remote1" / "e3" / "roster.json").is_file()
     assert again["ok"] and {p["identity"] for p in again["parties"]} == {"reused"}
@@ -841,5 +846,6 @@ def test_runner_lab_end_to_end(tmp_path: Path) -> None:
     links = {p["host"]: p["links"] for p in report["parties"]}
     assert links["p1"] == {"1": "relay", "2": "direct"}
     assert links["p2"] == {"0": "relay", "2": "direct"}
+    assert all(set(p["links_at_end"]) == set(p["links"]) for p in report["parties"])
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "dsl-e3test-" not in left  # torn down
