@@ -46,19 +46,12 @@ pytestmark = [
     pytest.mark.skipif(lab_unavailable() is not None, reason=lab_unavailable() or ""),
 ]
 
-# A known issue these tests found.  A test that meets it xfails with its reason, and only
-# when its own symptom is in the output; any other failure fails.  (Two more they found,
-# a path-check HELLO lost after a TCP simultaneous open and a multipath PING behind the
-# relay handshake's accept, are fixed; their tests are in test_session_multipath*.py.)
-#
-# At MPyC's shutdown a party closes its paths (half-closing TCP paths first); when its
-# session CLOSE is still in flight (a lost segment being retransmitted) the connection is
-# reset (or the relay reports 'peer left') and the peer, still waiting for the CLOSE,
-# exits 1 after printing the right result.
-CLOSE_LOST = (
-    "product bug: at MPyC shutdown a party closes its paths while its session CLOSE is still "
-    "in flight; the peer sees 'broke without a session CLOSE' and exits 1 after computing"
-)
+# Bugs these tests found, now fixed (their tests are in test_session_multipath*.py): a
+# path-check HELLO lost after a TCP simultaneous open; a multipath PING behind the relay
+# handshake's accept; and at MPyC's shutdown a party that closed its paths while its
+# session CLOSE was still in flight (the peer exited 1 after printing the right result,
+# "broke without a session CLOSE"): closing now lingers until the CLOSE is acknowledged
+# (spec §15.8).
 SUMS = ("sums.py", "40")
 
 
@@ -305,12 +298,7 @@ def roster(world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _check_outputs(runs: list[MpycParty], expected: list[str]) -> None:
-    """Every party exited 0 and printed what plain MPyC printed; else xfail if the failure
-    is a known bug's, by its symptom."""
-    failed = [r for r in runs if r.code != 0 or r.printed != expected]
-    if failed:
-        if all(r.printed == expected and "broke without a session CLOSE" in r.err for r in failed):
-            pytest.xfail(CLOSE_LOST)
+    """Every party exited 0 and printed what plain MPyC printed."""
     for r in runs:
         assert r.code == 0, f"{r.host} exited {r.code}:\n{r.err[-3000:]}\n{r.out[-2000:]}"
         assert r.printed == expected, r.out[-2000:]

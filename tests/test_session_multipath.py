@@ -108,6 +108,8 @@ class Net:
         r = self.side(1 - i)
         for chunk in chunks:
             for frame in r.mp.receive(pid, chunk, self.now):
+                if r.mp.state is MultipathState.CLOSING:
+                    continue  # as the shell does: nobody reads after the close
                 payload = r.channel.open(frame)
                 if payload is not None:
                     r.got.append(payload)
@@ -375,3 +377,99 @@ def test_a_quiet_path_sends_no_multipath_message_before_it_hears_the_peer() -> N
     net.tick(1.1)
     net.pump()
     assert net.b.mp.rtt(pb) is not None  # once it heard a, b pings too
+
+
+# -- closing (spec §15.8) ---------------------------------------------------------------------
+
+
+def _closes(net: Net, i: int) -> None:
+    """Side ``i`` sends its CLOSE (the last frame) and closes its core."""
+    s = net.side(i)
+    s.channel.close()
+    frames = b"".join(s.channel.data_to_send())
+    pid = s.mp.send(frames)
+    if pid >= 0:
+        net.wires.setdefault((i, pid), []).append(frames)
+    s.mp.close(net.now)
+    net.collect(i)
+
+
+def _peer_closed(side: Side) -> bool:
+    return side.channel.state.name == "CLOSED"
+
+
+def test_close_is_settled_only_once_the_peer_acknowledged_the_close() -> None:
+    net = Net.make()
+    net.add(PathKind.RELAY)
+    net.send(0, b"one frame, below ack_frames: not acknowledged yet")
+    net.pump()
+    _closes(net, 0)
+    assert net.a.mp.state is MultipathState.CLOSING
+    assert not net.a.mp.settled  # the CLOSE is in flight
+    # b reads the CLOSE; its shell closes its core, which acknowledges at once (no tick).
+    net.pump()
+    assert _peer_closed(net.b) and not net.a.mp.settled
+    net.b.mp.close(net.now)
+    net.collect(1)
+    net.pump()
+    assert net.a.mp.settled and net.b.mp.settled
+
+
+def test_a_closing_side_acknowledges_every_frame_at_once() -> None:
+    net = Net.make()
+    relay = net.add(PathKind.RELAY)
+    _closes(net, 0)
+    net.wires.pop((0, relay))  # (a's CLOSE is not what this test is about)
+    net.send(1, b"b still sends: a acknowledges it without waiting for a tick")
+    net.pump()
+    assert net.b.mp.settled
+
+
+def test_a_close_lost_with_its_path_is_sent_again_on_the_next_one() -> None:
+    net = Net.make()
+    relay = net.add(PathKind.RELAY)
+    direct = net.add_path_checked()
+    sent = _payloads(3)
+    for p in sent:
+        net.send(0, p)
+    _closes(net, 0)
+    net.deliver(0, direct, count=1)  # the rest, the CLOSE among it, dies with the path
+    net.cut(direct)
+    assert net.a.mp.active == relay and not net.a.mp.settled
+    net.pump()
+    assert net.b.got == sent and _peer_closed(net.b)
+    net.b.mp.close(net.now)
+    net.collect(1)
+    net.pump()
+    assert net.a.mp.settled
+
+
+def test_a_duplicate_is_acknowledged_again() -> None:
+    """b got everything, but its ACK was lost with the path: a resends on the fallback, and
+    b's answer to the duplicates settles a's close."""
+    net = Net.make()
+    relay = net.add(PathKind.RELAY)
+    direct = net.add_path_checked()
+    net.send(0, b"x")
+    _closes(net, 0)
+    net.deliver(0, direct)
+    assert _peer_closed(net.b)
+    net.tick(CFG.ack_delay)  # b acknowledges on the direct path...
+    assert net.wires.get((1, direct))
+    net.wires.pop((1, direct), None)  # ...and that ACK is lost with the path
+    net.cut(direct)
+    net.pump((relay,))
+    assert not net.a.mp.settled  # b dropped the duplicates; its ACK is due shortly
+    net.tick(CFG.ack_delay)
+    net.pump((relay,))
+    assert net.a.mp.settled
+    assert net.b.got == [b"x"]
+
+
+def test_losing_every_path_settles_a_close() -> None:
+    net = Net.make()
+    relay = net.add(PathKind.RELAY)
+    _closes(net, 0)
+    assert not net.a.mp.settled
+    net.cut(relay)
+    assert net.a.mp.settled and net.a.mp.state is MultipathState.LOST

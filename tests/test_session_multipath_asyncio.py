@@ -156,3 +156,67 @@ def test_bytes_before_the_path_is_added_are_kept() -> None:
         return up_b.got
 
     assert asyncio.run(scenario()) == [b"early 0", b"early 1", b"early 2"]
+
+
+class ClosingUpper(Upper):
+    """An upper layer that closes its multipath transport when the peer's CLOSE arrives,
+    as MPyC's link does."""
+
+    mpt: MultipathTransport
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.channel.state.name == "CLOSED":
+            self.mpt.close()
+
+
+def test_close_lingers_until_the_peer_has_the_close(monkeypatch: Any) -> None:
+    """a closes while b does not read (its CLOSE is in flight): a keeps its paths and its
+    upper layer hears nothing until b has read the CLOSE and acknowledged it; if b never
+    does, a gives up after CLOSE_LINGER (spec §15.8)."""
+    import didsession.session.multipath_asyncio as mpa
+
+    monkeypatch.setattr(mpa, "CLOSE_LINGER", 0.5)
+
+    async def scenario(b_reads: bool) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        pair = SessionPair.establish()
+        up_a, up_b = Upper(pair.initiator), ClosingUpper(pair.responder)
+        mp_a = MultipathTransport(multipath_for(pair.initiator, now=loop.time()), up_a)
+        mp_b = MultipathTransport(multipath_for(pair.responder, now=loop.time()), up_b)
+        up_b.mpt = mp_b
+        ra, rb = await _relay_pair()
+        mp_a.add_path(PathKind.RELAY, ra)
+        mp_b.add_path(PathKind.RELAY, rb)
+        rb.pause_reading()  # a's CLOSE stays in flight until b reads
+        mp_a.write(pair.initiator.seal(b"last words"))
+        pair.initiator.close()
+        mp_a.write(b"".join(pair.initiator.data_to_send()))
+        started = loop.time()
+        mp_a.close()
+        await asyncio.sleep(0.2)
+        lost_while_in_flight = list(up_a.lost)
+        if b_reads:
+            rb.resume_reading()
+        await mp_a.wait_closed()
+        took = loop.time() - started
+        await asyncio.sleep(0.05)
+        mp_b.close()
+        return {
+            "early": lost_while_in_flight,
+            "lost": up_a.lost,
+            "took": took,
+            "b_got": up_b.got,
+            "b_closed": pair.responder.state.name,
+        }
+
+    read = asyncio.run(scenario(b_reads=True))
+    assert read["early"] == []  # a waited while its CLOSE was in flight
+    assert read["lost"] == [None]  # then its upper layer heard a clean close
+    assert read["b_got"] == [b"last words"] and read["b_closed"] == "CLOSED"
+    assert 0.2 <= read["took"] < 0.45  # settled by b's ACK, not by the time limit
+
+    unread = asyncio.run(scenario(b_reads=False))
+    assert unread["early"] == [] and unread["lost"] == [None]
+    assert unread["took"] >= 0.5  # gave up after CLOSE_LINGER
+    assert unread["b_got"] == []

@@ -25,6 +25,15 @@ and hands the receiving channel its peer's frames in counter order, each exactly
 * **Liveness**: every verified path is pinged every ``ping_interval``; the answer gives its
   RTT.  A path that received nothing for ``dead_after`` seconds while a ping is
   outstanding is dead.
+* **Closing** (``MultipathState``: OPEN --close()--> CLOSING; OPEN or CLOSING --no path
+  left--> LOST): the session's CLOSE is its last frame, and it is retained like any other.
+  Closing the paths while it is still in flight (a lost TCP segment being retransmitted)
+  would destroy it: the peer would see a truncated session.  So after :meth:`close` the
+  shell keeps the paths until :attr:`settled` (the peer acknowledged every frame, the CLOSE
+  included) or a time limit, and the core acknowledges every frame at once, since the peer
+  lingers too.  Pings, dead paths and fallback go on meanwhile: a CLOSE lost with a dying
+  path is sent again on the next one.  A duplicate frame means our ACK was lost with a path:
+  it is answered with a fresh ACK.
 
 Wire format on a path (§15.3): session stream frames as they are (``u32 L`` with the top
 bit clear), interleaved with multipath messages ``u32 (0x80000000 | n) || type || fields ||
@@ -96,9 +105,11 @@ class PathState(Enum):
 
 
 class MultipathState(Enum):
-    """OPEN while some path may still carry frames; LOST when none can (terminal)."""
+    """OPEN while frames flow; CLOSING once the session above sent its last frame (its
+    CLOSE), until the shell closes the paths; LOST when no path can carry (terminal)."""
 
     OPEN = "open"
+    CLOSING = "closing"
     LOST = "lost"
 
 
@@ -337,6 +348,24 @@ class Multipath:
             self._retained_bytes -= len(data)
             self._dropped_to = last + 1
 
+    # -- closing (see "Closing" in the module docstring) -------------------------------------
+
+    def close(self, now: float) -> None:
+        """The session above sent its last frame (its CLOSE): acknowledge what arrived now,
+        and every frame at once from now on.  The paths stay until :attr:`settled`."""
+        self._now = now
+        if self.state is not MultipathState.OPEN:
+            return
+        self.state = MultipathState.CLOSING
+        if self._unacked_frames or self._ack_due is not None:
+            self._send_ack()
+
+    @property
+    def settled(self) -> bool:
+        """Whether the paths can be closed without losing a frame: the peer acknowledged
+        every frame we sent (or no path is left to carry one)."""
+        return not self._retained or self.state is MultipathState.LOST
+
     # -- receiving ---------------------------------------------------------------------------
 
     def receive(self, pid: int, data: bytes, now: float) -> list[bytes]:
@@ -421,7 +450,13 @@ class Multipath:
                         "(more than the reorder buffer holds)",
                         code="e.p.msg.session.order",
                     )
-        # else: a duplicate (retransmitted after a fallback): drop it
+        else:
+            # A duplicate, resent after a fallback: the peer never saw our ACK for it (it
+            # was lost with the old path).  Drop it and acknowledge again.
+            if self.state is MultipathState.CLOSING:
+                self._send_ack()
+            elif self._ack_due is None:
+                self._ack_due = self._now + self._cfg.ack_delay
 
     def _drain_reorder(self, out: list[bytes]) -> list[bytes]:
         reorder = self._reorder
@@ -441,6 +476,7 @@ class Multipath:
         if (
             self._unacked_frames >= self._cfg.ack_frames
             or self._unacked_bytes >= self._cfg.ack_bytes
+            or self.state is MultipathState.CLOSING  # the peer waits for it to close
         ):
             self._send_ack()
         elif self._ack_due is None:
@@ -552,7 +588,7 @@ class Multipath:
             pass  # _lose recorded it
 
     def _lose(self, reason: str) -> RemoteProtocolError:
-        if self.state is MultipathState.OPEN:
+        if self.state is not MultipathState.LOST:
             self.state = MultipathState.LOST
             self._events.append(PathsLost(reason))
         return RemoteProtocolError(
@@ -599,7 +635,7 @@ class Multipath:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must run next (None: nothing pending)."""
-        if self.state is not MultipathState.OPEN:
+        if self.state is MultipathState.LOST:
             return None
         when = self._ack_due
         for p in self._paths.values():

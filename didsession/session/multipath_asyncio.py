@@ -11,6 +11,12 @@ routes a connection to its session by the attach id of its path check.
 Like :mod:`didsession.session.stream`, this is a thin shell: it moves bytes between the
 core and the transports, drains :meth:`Multipath.data_to_send` after every input, and runs
 one recurring tick for the core's timers (ACK delay, pings, dead paths).
+
+Closing lingers (spec §15.8): :meth:`MultipathTransport.close` keeps the paths, reading and
+acknowledging, until the peer has acknowledged our last frame (the session's CLOSE) or
+``CLOSE_LINGER`` passed; only then are they closed and the layer above hears
+``connection_lost``.  A party that closed its sockets (or exited) with its CLOSE still in
+flight made the peer see a truncated session.
 """
 
 from __future__ import annotations
@@ -45,7 +51,9 @@ __all__ = ["MultipathTransport", "PathListener", "PathProtocol", "dial_direct", 
 log = logging.getLogger("didsession.paths")
 
 TICK = 0.05
-# How long a closed session's TCP paths keep reading after their FIN (see close()).
+# How long close() waits at most for the peer to acknowledge our CLOSE (spec §15.8).
+CLOSE_LINGER = 5.0
+# How long a closed session's TCP paths keep reading after their FIN (see _finish_close()).
 CLOSE_GRACE = 2.0
 # Connections a listener holds before they named their session, and for how long.
 MAX_UNNAMED = 64
@@ -125,7 +133,10 @@ class MultipathTransport(asyncio.Transport):
         self._loop = loop or asyncio.get_running_loop()
         self._transports: dict[int, asyncio.BaseTransport] = {}
         self._writes: dict[int, Callable[[bytes], None]] = {}
-        self._closing = False
+        self._closing = False  # close() was called: no more writes; lingering
+        self._finished = False  # the paths are closed (or closing)
+        self._linger: asyncio.TimerHandle | None = None
+        self._done: asyncio.Future[None] = self._loop.create_future()
         self._lost = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing_paths: list[asyncio.BaseTransport] = []
@@ -171,7 +182,7 @@ class MultipathTransport(asyncio.Transport):
         return pid
 
     def _path_data(self, pid: int, data: bytes) -> None:
-        if self._closing:
+        if self._finished:
             return  # read and dropped: a closed socket with unread data would send a RST
         try:
             frames = self.mp.receive(pid, data, self._loop.time())
@@ -181,6 +192,12 @@ class MultipathTransport(asyncio.Transport):
             return
         if self.mp.has_output:
             self._pump()
+        if self._closing:
+            # Lingering: the ACK that settles the close, or the peer's frames (acknowledged
+            # at once by the core), which nobody above reads any more.
+            if self.mp.settled:
+                self._finish_close()
+            return
         if frames:
             self.stats["bytes_received"] += sum(map(len, frames))
             self._upper.data_received(frames[0] if len(frames) == 1 else b"".join(frames))
@@ -188,11 +205,13 @@ class MultipathTransport(asyncio.Transport):
     def _path_lost(self, pid: int, exc: Exception | None) -> None:
         self._transports.pop(pid, None)
         self._writes.pop(pid, None)
-        if self._closing:
+        if self._finished:
             return
         why = f"connection lost: {exc}" if exc else "connection closed"
         self.mp.path_lost(pid, self._loop.time(), why)
         self._pump()
+        if self._closing and (self.mp.settled or not self._transports):
+            self._finish_close()
 
     def _pump(self) -> None:
         for pid, data in self.mp.data_to_send():
@@ -206,9 +225,11 @@ class MultipathTransport(asyncio.Transport):
                 self._writes.pop(event.path, None)
                 if transport is not None:
                     transport.close()
-                log.info(
-                    f"didsession: {event.kind.value} path to {self.label} closed: {event.reason}"
-                )
+                if not self._closing:  # (a lingering close expects its paths to go)
+                    log.info(
+                        f"didsession: {event.kind.value} path to {self.label} closed: "
+                        f"{event.reason}"
+                    )
             elif isinstance(event, PathActivated):
                 if event.kind is PathKind.DIRECT:
                     self.direct_up.set()
@@ -218,7 +239,8 @@ class MultipathTransport(asyncio.Transport):
                     f"didsession: session with {self.label} now on the {event.kind.value} path"
                     f"{where if event.kind is PathKind.DIRECT else ''} ({event.reason})"
                 )
-            elif isinstance(event, PathsLost):
+            elif isinstance(event, PathsLost) and not self._closing:
+                # (While lingering nothing is lost: _path_lost or _tick finishes the close.)
                 self._connection_lost(
                     RemoteProtocolError(
                         f"every path to {self.label} is gone: {event.reason}",
@@ -229,12 +251,17 @@ class MultipathTransport(asyncio.Transport):
                 self.on_event(event)
 
     def _tick(self) -> None:
+        # Also while lingering: a path that dies then is noticed, and the CLOSE is sent
+        # again on the next one.
         self._timer = None
-        if self._closing or self.mp.state is not MultipathState.OPEN:
+        if self._finished or self.mp.state is MultipathState.LOST:
             return
         self.mp.handle_timer(self._loop.time())
         self._pump()
-        if not self._closing and self.mp.state is MultipathState.OPEN:
+        state: MultipathState = self.mp.state  # (handle_timer may have lost the paths)
+        if self._closing and self.mp.settled:
+            self._finish_close()
+        elif not self._finished and state is not MultipathState.LOST:
             self._timer = self._loop.call_later(TICK, self._tick)
 
     def spawn(self, coro: Any) -> None:
@@ -261,14 +288,30 @@ class MultipathTransport(asyncio.Transport):
             write(data)
 
     def close(self) -> None:
-        """Close every path (what was written is flushed by each transport first)."""
+        """Stop writing; close every path once the peer acknowledged what we sent (the
+        session's CLOSE last) or after ``CLOSE_LINGER`` seconds (spec §15.8).  The layer
+        above hears ``connection_lost`` then."""
         if self._closing:
             return
         self._closing = True
-        if self._timer is not None:
-            self._timer.cancel()
         for task in list(self._tasks):
             task.cancel()
+        self.mp.close(self._loop.time())
+        self._pump()
+        if self.mp.settled or not self._transports:
+            self._finish_close()
+        else:
+            self._linger = self._loop.call_later(CLOSE_LINGER, self._finish_close)
+
+    def _finish_close(self) -> None:
+        """Close every path (what was written is flushed by each transport first)."""
+        if self._finished:
+            return
+        self._finished = True
+        for handle in (self._timer, self._linger):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._linger = None
         self._closing_paths = list(self._transports.values())
         for transport in self._closing_paths:
             # Half-close first and keep reading: closing a TCP socket while the peer still
@@ -283,13 +326,17 @@ class MultipathTransport(asyncio.Transport):
         self._transports.clear()
         self._writes.clear()
         self._loop.call_soon(self._connection_lost, None)
+        if not self._done.done():
+            self._done.set_result(None)
 
     def abort(self) -> None:
         self.close()
 
     async def wait_closed(self) -> None:
-        """After :meth:`close`: until the paths that can say so are closed (a relay
-        link's WebSocket, so that nothing is left behind when the event loop ends)."""
+        """After :meth:`close`: until the close has settled (or given up lingering) and
+        the paths that can say so are closed (a relay link's WebSocket, so that nothing is
+        left behind when the event loop ends)."""
+        await asyncio.shield(self._done)
         waits = [t.wait_closed() for t in self._closing_paths if hasattr(t, "wait_closed")]
         if waits:
             with contextlib.suppress(TimeoutError):
