@@ -336,7 +336,8 @@ class MultipathTransport(asyncio.Transport):
         """After :meth:`close`: until the close has settled (or given up lingering) and
         the paths that can say so are closed (a relay link's WebSocket, so that nothing is
         left behind when the event loop ends)."""
-        await asyncio.shield(self._done)
+        if self._closing:
+            await asyncio.shield(self._done)
         waits = [t.wait_closed() for t in self._closing_paths if hasattr(t, "wait_closed")]
         if waits:
             with contextlib.suppress(TimeoutError):
