@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from didsession.errors import FrameError
-from didsession.session import Channel
+from didsession.session import Channel, ChannelState
 from didsession.session.keyschedule import path_check_key
 from didsession.session.multipath import (
     HELLO_SIZE,
@@ -395,7 +395,7 @@ def _closes(net: Net, i: int) -> None:
 
 
 def _peer_closed(side: Side) -> bool:
-    return side.channel.state.name == "CLOSED"
+    return side.channel.state is ChannelState.CLOSED
 
 
 def test_close_is_settled_only_once_the_peer_acknowledged_the_close() -> None:

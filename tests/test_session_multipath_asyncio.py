@@ -10,7 +10,7 @@ import socket
 from typing import Any
 
 from didsession.candidates import Candidate, CandidateType, reusable_tcp_socket
-from didsession.session import Channel
+from didsession.session import Channel, ChannelState
 from didsession.session.multipath import MultipathConfig, PathKind
 from didsession.session.multipath_asyncio import (
     MultipathTransport,
@@ -166,7 +166,7 @@ class ClosingUpper(Upper):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.channel.state.name == "CLOSED":
+        if self.channel.state is ChannelState.CLOSED:
             self.mpt.close()
 
 
