@@ -337,6 +337,24 @@ def test_mpyc_on_slow_lossy_links(
     )
 
 
+def test_mpyc_relay_only_on_slow_lossy_links(
+    lab: World, expected: list[str], tmp_path: Path
+) -> None:
+    """The same impairment with a relay-only roster: every link stays on the mediator's
+    relay (no multipath), and each party's CLOSE must still reach its peers."""
+    roster = make_roster(lab, MPYC_PARTIES, tmp_path / "relay.json", relay_only=True)
+    for home in HOMES:
+        lab.lab.impair(home, delay="40ms", loss=0.05)
+    try:
+        runs = run_mpyc(lab, MPYC_PARTIES, SUMS, roster, tmp_path / "run", timeout=120)
+    finally:
+        for home in HOMES:
+            lab.lab.impair(home, Impairment())
+    _check_outputs(runs, expected)
+    for r in runs:
+        assert r.final_paths == ["relay", "relay"], r.out[-2000:]
+
+
 def test_mpyc_survives_the_mediator_once_links_are_direct(
     lab: World, roster: Path, tmp_path: Path
 ) -> None:
