@@ -25,7 +25,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,8 +97,9 @@ class Identity:
     mediator: str | None
     created: float
     encrypted: bool
-    ed25519_secret: bytes | None = None
-    x25519_secret: bytes | None = None
+    # Kept out of repr(): an identity in a log line or a test failure shows no key.
+    ed25519_secret: bytes | None = field(default=None, repr=False)
+    x25519_secret: bytes | None = field(default=None, repr=False)
 
     @property
     def unlocked(self) -> bool:

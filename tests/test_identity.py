@@ -159,3 +159,13 @@ def test_concurrent_accepts_lose_no_contact(tmp_path: Path) -> None:
     assert len(contacts) == 30
     assert len({c.alias for c in contacts}) == 30
     assert stat.S_IMODE((tmp_path / ".contacts.lock").stat().st_mode) == 0o600
+
+
+def test_repr_shows_no_private_key(tmp_path: Path) -> None:
+    """An identity in a log line, an error or a failed assertion does not print its keys."""
+    ident = Store(tmp_path).create("alice")
+    assert ident.ed25519_secret is not None and ident.x25519_secret is not None
+    shown = repr(ident) + str(ident)
+    assert ident.did in shown
+    for secret in (ident.ed25519_secret, ident.x25519_secret):
+        assert repr(secret) not in shown and secret.hex() not in shown

@@ -49,6 +49,7 @@ from didsession.session.handshake import (
     ProblemReport,
     Request,
 )
+from didsession.session.keyschedule import SessionSecrets
 
 
 def _run(ih: Handshake, rh: Handshake, now: float = 0.0) -> tuple[list[object], list[object]]:
@@ -281,6 +282,20 @@ def test_handshake_timeout() -> None:
     with pytest.raises(RemoteProtocolError) as err:
         ih.receive_message(accept.plaintext, BOB, 131.0)
     assert err.value.code == "e.p.msg.session.unexpected"
+
+
+def test_repr_of_secrets_shows_only_ids() -> None:
+    """Key material stays out of repr(): a session's secrets or its resumption record in
+    a log line or a failed assertion show the ids only."""
+    ih, rh = make_handshakes()
+    _run(ih, rh)
+    resumption = rh.channel.resumption()
+    assert resumption.secret.hex() not in repr(resumption)
+    assert repr(resumption.session_id) in repr(resumption)
+    fields = {f.name: bytes([i]) * 32 for i, f in enumerate(dataclasses.fields(SessionSecrets))}
+    shown = repr(SessionSecrets(**fields))
+    for name, value in fields.items():
+        assert (repr(value) in shown) == (name in ("session_id", "attach_id")), name
 
 
 # -- rekey: fresh-DH successor session (spec §3.4) ----------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -115,16 +115,17 @@ class SessionParameters:
 
 @dataclass(frozen=True, slots=True)
 class SessionSecrets:
-    """Output of the key schedule (spec §5.4).  Treat every field but the ids as secret."""
+    """Output of the key schedule (spec §5.4).  Treat every field but the ids as secret;
+    repr() shows only the ids."""
 
-    transcript_hash: bytes
+    transcript_hash: bytes = field(repr=False)
     session_id: bytes
-    i2r_secret: bytes
-    r2i_secret: bytes
-    i2r_tag: bytes
-    r2i_tag: bytes
+    i2r_secret: bytes = field(repr=False)
+    r2i_secret: bytes = field(repr=False)
+    i2r_tag: bytes = field(repr=False)
+    r2i_tag: bytes = field(repr=False)
     attach_id: bytes
-    resumption_secret: bytes
+    resumption_secret: bytes = field(repr=False)
 
 
 def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
@@ -258,4 +259,4 @@ class Resumption:
 
     session_id: bytes
     peer_did: str
-    secret: bytes
+    secret: bytes = field(repr=False)
