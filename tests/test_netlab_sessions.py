@@ -17,6 +17,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -297,6 +298,18 @@ def roster(world: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_roster(world, MPYC_PARTIES, path, relay_only=False)
 
 
+@contextmanager
+def _slow_lossy_homes(lab: World) -> Iterator[None]:
+    """40 ms each way and 5% loss each way on every home link, for the block."""
+    for home in HOMES:
+        lab.lab.impair(home, delay="40ms", loss=0.05)
+    try:
+        yield
+    finally:
+        for home in HOMES:
+            lab.lab.impair(home, Impairment())
+
+
 def _check_outputs(runs: list[MpycParty], expected: list[str]) -> None:
     """Every party exited 0 and printed what plain MPyC printed."""
     for r in runs:
@@ -322,14 +335,9 @@ def test_mpyc_on_slow_lossy_links(
 ) -> None:
     """40 ms each way and 5% loss each way on every home link: the run still completes,
     with the same output."""
-    for home in HOMES:
-        lab.lab.impair(home, delay="40ms", loss=0.05)
-    try:
+    with _slow_lossy_homes(lab):
         started = time.monotonic()
         runs = run_mpyc(lab, MPYC_PARTIES, SUMS, roster, tmp_path, timeout=120)
-    finally:
-        for home in HOMES:
-            lab.lab.impair(home, Impairment())
     _check_outputs(runs, expected)
     print(
         f"\n40 ms + 5% loss: {time.monotonic() - started:.1f} s, link ends by final path "
@@ -343,13 +351,8 @@ def test_mpyc_relay_only_on_slow_lossy_links(
     """The same impairment with a relay-only roster: every link stays on the mediator's
     relay (no multipath), and each party's CLOSE must still reach its peers."""
     roster = make_roster(lab, MPYC_PARTIES, tmp_path / "relay.json", relay_only=True)
-    for home in HOMES:
-        lab.lab.impair(home, delay="40ms", loss=0.05)
-    try:
+    with _slow_lossy_homes(lab):
         runs = run_mpyc(lab, MPYC_PARTIES, SUMS, roster, tmp_path / "run", timeout=120)
-    finally:
-        for home in HOMES:
-            lab.lab.impair(home, Impairment())
     _check_outputs(runs, expected)
     for r in runs:
         assert r.final_paths == ["relay", "relay"], r.out[-2000:]
