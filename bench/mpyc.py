@@ -20,7 +20,8 @@ started to last party exited), of the computation time (MPyC's own elapsed time 
 ``start()`` to ``shutdown()`` of the party that connected last, i.e. from the moment every
 link was up) and of the CPU time of all parties together, and the ratios the issue sets
 targets for.  Runs of the modes alternate, so a change in machine load hits all modes alike; the
-minimum over the runs is given too, as a figure less sensitive to other load.
+minimum over the runs is given too, as a figure less sensitive to other load, and the
+median of the runs' own wall-time ratios (run i of one mode against run i of the other).
 SSL certificates are generated into a temporary ``.config/`` as MPyC expects; the relay
 mode uses a mediator started for the benchmark.
 
@@ -308,6 +309,12 @@ def ratios(results: dict[str, Any]) -> dict[str, dict[str, float]]:
                     for kind in ("wall", "compute", "wall_min", "compute_min")
                     if modes[b][f"{kind}_s"] > 0  # no computation: no compute ratio
                 }
+                # Runs alternate, so run i of a and of b saw the same machine load: the
+                # median of their ratios is less moved by a slow stretch than the above.
+                pairs = zip(modes[a]["wall_runs"], modes[b]["wall_runs"], strict=True)
+                out[f"{a}/{b} {name}"]["wall_paired"] = round(
+                    statistics.median(x / y for x, y in pairs), 3
+                )
     return out
 
 
@@ -419,7 +426,10 @@ def main() -> None:
                 f"{name:8} {mode:{mw}} {r['wall_s']:7.3f} {r['compute_s']:8.3f} {r['cpu_s']:7.3f}"
                 f"   {r['wall_min_s']:7.3f} {r['compute_min_s']:7.3f}"
             )
-    print("\nratios of medians (wall, compute), of minima (wall, compute), and targets:")
+    print(
+        "\nratios of medians (wall, compute), of minima (wall, compute), median of the runs' "
+        "wall ratios, and targets:"
+    )
     rw = max(24, *(len(n) for n in rat))
     for name, r in rat.items():
         t = result["targets"].get(name)
@@ -427,7 +437,7 @@ def main() -> None:
         compute, compute_min = r.get("compute", float("nan")), r.get("compute_min", float("nan"))
         print(
             f"  {name:{rw}} {r['wall']:6.3f} {compute:8.3f}   "
-            f"{r['wall_min']:6.3f} {compute_min:8.3f}{limit}"
+            f"{r['wall_min']:6.3f} {compute_min:8.3f}   {r['wall_paired']:6.3f}{limit}"
         )
 
 
