@@ -55,10 +55,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
+from didsession import _x25519 as x25519
 from didsession.errors import DecryptError, DIDError, EnvelopeError
 
 __all__ = [
@@ -358,7 +359,7 @@ class Authcrypt:
         self._rand = rand
         self.did = did
         keys = self.keys(did)
-        self._secret = X25519PrivateKey.from_private_bytes(x25519_secret)
+        self._secret = x25519.private_key(x25519_secret)
         own = keys.agreement[0]
         if self._secret.public_key().public_bytes_raw() != own.public:
             raise EnvelopeError(f"the X25519 secret given is not the key of {did[:60]}…")
@@ -426,7 +427,7 @@ class Authcrypt:
         return self._pack(plaintext, key.public, recipient_kid, sender_kid)
 
     def _pack(self, plaintext: bytes, public: bytes, recipient_kid: str, sender_kid: str) -> bytes:
-        epk = X25519PrivateKey.from_private_bytes(self._rand(32))
+        epk = x25519.private_key(self._rand(32))
         cek = self._rand(64)
         iv = self._rand(16)
         apu = sender_kid.encode()
@@ -447,7 +448,7 @@ class Authcrypt:
         }
         aad = _b64encode(json.dumps(protected).encode()).encode()
         ciphertext, tag = _cbc_hs512_encrypt(cek, iv, plaintext, aad)
-        recipient_public = X25519PublicKey.from_public_bytes(public)
+        recipient_public = x25519.public_key(public)
         try:
             z = epk.exchange(recipient_public) + self._secret.exchange(recipient_public)
         except ValueError:  # a low-order point: no shared secret
@@ -509,9 +510,7 @@ class Authcrypt:
         epk = _epk(header.get("epk"))
         index = next(i for i, k in enumerate(kids) if k in self._names)
         try:
-            z = self._secret.exchange(epk) + self._secret.exchange(
-                X25519PublicKey.from_public_bytes(sender.public)
-            )
+            z = self._secret.exchange(epk) + self._secret.exchange(x25519.public_key(sender.public))
             apv = _b64decode(apv_text)
         except ValueError:
             raise DecryptError("cannot decrypt message: unusable ephemeral or sender key") from None
@@ -620,7 +619,7 @@ def _epk(jwk: Any) -> X25519PublicKey:
         raw = _b64decode(jwk.get("x", ""))
         if len(raw) != 32:
             raise ValueError("wrong size")
-        return X25519PublicKey.from_public_bytes(raw)
+        return x25519.public_key(raw)
     except ValueError:
         raise DecryptError("cannot decrypt message: invalid ephemeral key") from None
 

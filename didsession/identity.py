@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from didsession import _x25519 as x25519
 from didsession.authcrypt import NeedsFullEnvelope, did_keys
 from didsession.errors import ConfigError, IdentityError
 
@@ -336,7 +336,7 @@ class Store:
     @staticmethod
     def _check_keys_match(ident: Identity, ed_sk: bytes, x_sk: bytes) -> None:
         """Refuse a key file that does not belong to the DID next to it."""
-        x_pub = X25519PrivateKey.from_private_bytes(x_sk).public_key().public_bytes_raw()
+        x_pub = x25519.private_key(x_sk).public_key().public_bytes_raw()
         try:
             did_pub = did_keys(ident.did).agreement[0].public
         except NeedsFullEnvelope:  # a DID whose keys only the full resolver reads

@@ -528,3 +528,55 @@ def test_lite_interop_with_the_legacy_libraries(
     got = old.unpack(codec.pack(plaintext(ours.did, old.did, "from lite"), old.did))
     assert got["message"]["body"] == {"content": "from lite"}
     assert got["authenticated"] and got["sender_kid"].startswith(ours.did + "#")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32))
+def test_x25519_constructors_agree_with_cryptography(a: bytes, b: bytes) -> None:
+    """The backend-free constructors (didsession._x25519) give cryptography's keys and
+    secrets, and refuse what it refuses with the same ValueError the callers catch."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    from didsession import _x25519
+
+    ref_a, ref_b = X25519PrivateKey.from_private_bytes(a), X25519PrivateKey.from_private_bytes(b)
+    pub_b = ref_b.public_key().public_bytes_raw()
+    ours = _x25519.private_key(a)
+    assert ours.public_key().public_bytes_raw() == ref_a.public_key().public_bytes_raw()
+    assert ours.exchange(_x25519.public_key(pub_b)) == ref_a.exchange(
+        X25519PublicKey.from_public_bytes(pub_b)
+    )
+    with pytest.raises(ValueError):
+        _x25519.public_key(pub_b[:31])
+    with pytest.raises(ValueError):
+        _x25519.private_key(a[:31])
+    with pytest.raises(ValueError):  # the all-zero point: small order, no shared secret
+        ours.exchange(_x25519.public_key(bytes(32)))
+
+
+def test_sessions_do_not_load_cryptographys_openssl_backend_module(tmp_path: Path) -> None:
+    """Loading identities, a handshake's key agreement and an envelope each way use X25519
+    without importing ``cryptography.hazmat.backends.openssl`` (~5 ms of every MPyC
+    party's start-up)."""
+    from didsession.identity import Store
+
+    store = Store(tmp_path)
+    store.create("a")
+    store.create("b")
+    code = (
+        "import json, os, sys\n"
+        "from pathlib import Path\n"
+        "from didsession.identity import Store\n"
+        "from didsession.authcrypt import Authcrypt\n"
+        "from didsession.session import keyschedule as k\n"
+        f"store = Store(Path({str(tmp_path)!r}))\n"
+        "alice, bob = store.load('a'), store.load('b')\n"
+        "a = Authcrypt(alice.did, alice.x25519_secret)\n"
+        "b = Authcrypt(bob.did, bob.x25519_secret)\n"
+        "msg = json.dumps({'id': '1', 'type': 'https://example.org/t', 'body': {}}).encode()\n"
+        "assert a.unpack(b.pack(msg, alice.did))[0] == msg\n"
+        "k.dh(os.urandom(32), k.public_key(os.urandom(32)))\n"
+        "print('cryptography.hazmat.backends.openssl' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

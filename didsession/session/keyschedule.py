@@ -13,9 +13,9 @@ import struct
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from didsession import _x25519 as x25519
 from didsession.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -157,7 +157,7 @@ def public_key(private: bytes) -> bytes:
     """The X25519 public key of a 32-byte private key."""
     if len(private) != 32:
         raise LocalProtocolError("an X25519 private key is 32 bytes")
-    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+    return x25519.private_key(private).public_key().public_bytes_raw()
 
 
 def dh(private: bytes, public: bytes) -> bytes:
@@ -170,9 +170,7 @@ def dh(private: bytes, public: bytes) -> bytes:
     if len(public) != 32:
         raise RemoteProtocolError("an X25519 public key is 32 bytes", code="e.p.msg.session.key")
     try:
-        return X25519PrivateKey.from_private_bytes(private).exchange(
-            X25519PublicKey.from_public_bytes(public)
-        )
+        return x25519.private_key(private).exchange(x25519.public_key(public))
     except ValueError:
         raise RemoteProtocolError(
             "X25519 with a small-order public key", code="e.p.msg.session.key"
