@@ -21,7 +21,8 @@ started to last party exited), of the computation time (MPyC's own elapsed time 
 link was up) and of the CPU time of all parties together, and the ratios the issue sets
 targets for.  Runs of the modes alternate, so a change in machine load hits all modes alike; the
 minimum over the runs is given too, as a figure less sensitive to other load, and the
-median of the runs' own wall-time ratios (run i of one mode against run i of the other).
+median of the runs' own wall-time ratios (run i of one mode against run i of the other),
+with their quartiles: how far one run's ratio wanders on this machine.
 SSL certificates are generated into a temporary ``.config/`` as MPyC expects; the relay
 mode uses a mediator started for the benchmark.
 
@@ -311,10 +312,14 @@ def ratios(results: dict[str, Any]) -> dict[str, dict[str, float]]:
                 }
                 # Runs alternate, so run i of a and of b saw the same machine load: the
                 # median of their ratios is less moved by a slow stretch than the above.
+                # Their quartiles show how far one run's ratio wanders on this machine.
                 pairs = zip(modes[a]["wall_runs"], modes[b]["wall_runs"], strict=True)
-                out[f"{a}/{b} {name}"]["wall_paired"] = round(
-                    statistics.median(x / y for x, y in pairs), 3
-                )
+                per_run = [x / y for x, y in pairs]
+                out[f"{a}/{b} {name}"]["wall_paired"] = round(statistics.median(per_run), 3)
+                if len(per_run) >= 2:
+                    q1, _, q3 = statistics.quantiles(per_run, n=4)
+                    out[f"{a}/{b} {name}"]["wall_paired_q1"] = round(q1, 3)
+                    out[f"{a}/{b} {name}"]["wall_paired_q3"] = round(q3, 3)
     return out
 
 
@@ -428,7 +433,7 @@ def main() -> None:
             )
     print(
         "\nratios of medians (wall, compute), of minima (wall, compute), median of the runs' "
-        "wall ratios, and targets:"
+        "wall ratios (their quartiles), and targets:"
     )
     rw = max(24, *(len(n) for n in rat))
     for name, r in rat.items():
@@ -437,8 +442,15 @@ def main() -> None:
         compute, compute_min = r.get("compute", float("nan")), r.get("compute_min", float("nan"))
         print(
             f"  {name:{rw}} {r['wall']:6.3f} {compute:8.3f}   "
-            f"{r['wall_min']:6.3f} {compute_min:8.3f}   {r['wall_paired']:6.3f}{limit}"
+            f"{r['wall_min']:6.3f} {compute_min:8.3f}   {r['wall_paired']:6.3f}"
+            f"{_quartiles(r)}{limit}"
         )
+
+
+def _quartiles(r: dict[str, float]) -> str:
+    if "wall_paired_q1" not in r:
+        return ""
+    return f" ({r['wall_paired_q1']:.3f}-{r['wall_paired_q3']:.3f})"
 
 
 if __name__ == "__main__":
