@@ -220,3 +220,38 @@ def test_close_lingers_until_the_peer_has_the_close(monkeypatch: Any) -> None:
     assert unread["early"] == [] and unread["lost"] == [None]
     assert unread["took"] >= 0.5  # gave up after CLOSE_LINGER
     assert unread["b_got"] == []
+
+
+def test_listener_refuses_a_direct_path_for_a_session_that_has_ended() -> None:
+    """A direct connection that names a session whose paths are all gone (the demo's
+    program-mismatch stop raced the peer's upgrade) is closed quietly: no error from
+    inside the event loop's read callback."""
+
+    async def scenario() -> tuple[bool, list[dict[str, Any]]]:
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        pair = SessionPair.establish()
+        ends = []
+        for ch in (pair.initiator, pair.responder):
+            mpt = MultipathTransport(multipath_for(ch, now=loop.time(), config=CFG), Upper(ch))
+            ends.append((ch, mpt))
+        (_, mp_a), (ch_b, mp_b) = ends
+        ra, rb = await _relay_pair()
+        mp_a.add_path(PathKind.RELAY, ra, local="relay", remote="relay")
+        mp_b.add_path(PathKind.RELAY, rb, local="relay", remote="relay")
+        listener = PathListener()
+        await listener.start(reusable_tcp_socket(0, "127.0.0.1"))
+        listener.register(ch_b.attach_id, mp_b)
+        ra.pause_reading()  # a does not hear b's CLOSE before it dials
+        mp_b.close()  # ended, but still registered: what the race leaves behind
+        await asyncio.sleep(0.05)
+        up = await dial_direct(mp_a, None, _host(listener.port), timeout=1.0)
+        listener.close()
+        mp_a.close()
+        await asyncio.sleep(0.05)
+        return up, errors
+
+    up, errors = asyncio.run(scenario())
+    assert not up
+    assert errors == []

@@ -424,9 +424,11 @@ class _Unnamed(asyncio.Protocol):
             return
         self._done()
         owner = self._listener.sessions.get(attach_id)
-        if owner is None:
-            log.debug("didsession: a direct connection named no session of ours; closed")
-            self._transport.close()  # no such session (here, or any more)
+        if owner is None or owner.is_closing() or owner.mp.state is not MultipathState.OPEN:
+            # No such session (here, or any more), or it has ended and is not yet
+            # unregistered (a stop racing the peer's upgrade): it takes no new paths.
+            log.debug("didsession: a direct connection named no open session of ours; closed")
+            self._transport.close()
             return
         owner.adopt(
             self._transport,
