@@ -61,22 +61,36 @@ def _host(port: int) -> list[Candidate]:
     return [Candidate(CandidateType.HOST, "tcp", "127.0.0.1", port, 2130706431)]
 
 
+class _Ends:
+    """An established session's two multipath transports, both on a stand-in relay path,
+    and a listener that routes direct connections naming b's session to b."""
+
+    async def start(self) -> _Ends:
+        loop = asyncio.get_running_loop()
+        pair = SessionPair.establish()
+        self.ch_a, self.ch_b = pair.initiator, pair.responder
+        self.up_a, self.up_b = Upper(self.ch_a), Upper(self.ch_b)
+        self.mp_a = MultipathTransport(
+            multipath_for(self.ch_a, now=loop.time(), config=CFG), self.up_a
+        )
+        self.mp_b = MultipathTransport(
+            multipath_for(self.ch_b, now=loop.time(), config=CFG), self.up_b
+        )
+        self.ra, rb = await _relay_pair()
+        self.mp_a.add_path(PathKind.RELAY, self.ra, local="relay", remote="relay")
+        self.mp_b.add_path(PathKind.RELAY, rb, local="relay", remote="relay")
+        self.listener = PathListener()
+        await self.listener.start(reusable_tcp_socket(0, "127.0.0.1"))
+        self.listener.register(self.ch_b.attach_id, self.mp_b)
+        return self
+
+
 def test_relay_then_direct_then_fallback_over_real_sockets() -> None:
     async def scenario() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        pair = SessionPair.establish()
-        ends = []
-        for ch in (pair.initiator, pair.responder):
-            upper = Upper(ch)
-            mpt = MultipathTransport(multipath_for(ch, now=loop.time(), config=CFG), upper)
-            ends.append((ch, upper, mpt))
-        (ch_a, _, mp_a), (ch_b, up_b, mp_b) = ends
-        ra, rb = await _relay_pair()
-        mp_a.add_path(PathKind.RELAY, ra, local="relay", remote="relay")
-        mp_b.add_path(PathKind.RELAY, rb, local="relay", remote="relay")
-        listener = PathListener()
-        await listener.start(reusable_tcp_socket(0, "127.0.0.1"))
-        listener.register(ch_b.attach_id, mp_b)
+        ends = await _Ends().start()
+        ch_a, mp_a, up_b, mp_b = ends.ch_a, ends.mp_a, ends.up_b, ends.mp_b
+        listener = ends.listener
 
         sent: list[bytes] = []
 
@@ -231,19 +245,9 @@ def test_listener_refuses_a_direct_path_for_a_session_that_has_ended() -> None:
         loop = asyncio.get_running_loop()
         errors: list[dict[str, Any]] = []
         loop.set_exception_handler(lambda _loop, context: errors.append(context))
-        pair = SessionPair.establish()
-        ends = []
-        for ch in (pair.initiator, pair.responder):
-            mpt = MultipathTransport(multipath_for(ch, now=loop.time(), config=CFG), Upper(ch))
-            ends.append((ch, mpt))
-        (_, mp_a), (ch_b, mp_b) = ends
-        ra, rb = await _relay_pair()
-        mp_a.add_path(PathKind.RELAY, ra, local="relay", remote="relay")
-        mp_b.add_path(PathKind.RELAY, rb, local="relay", remote="relay")
-        listener = PathListener()
-        await listener.start(reusable_tcp_socket(0, "127.0.0.1"))
-        listener.register(ch_b.attach_id, mp_b)
-        ra.pause_reading()  # a does not hear b's CLOSE before it dials
+        ends = await _Ends().start()
+        mp_a, mp_b, listener = ends.mp_a, ends.mp_b, ends.listener
+        ends.ra.pause_reading()  # a does not hear b's CLOSE before it dials
         mp_b.close()  # ended, but still registered: what the race leaves behind
         await asyncio.sleep(0.05)
         up = await dial_direct(mp_a, None, _host(listener.port), timeout=1.0)
