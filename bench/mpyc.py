@@ -19,10 +19,11 @@ Per mode and program: the median over ``--runs`` runs of the wall time (first pa
 started to last party exited), of the computation time (MPyC's own elapsed time from
 ``start()`` to ``shutdown()`` of the party that connected last, i.e. from the moment every
 link was up) and of the CPU time of all parties together, and the ratios the issue sets
-targets for.  Runs of the modes alternate, so a change in machine load hits all modes alike; the
-minimum over the runs is given too, as a figure less sensitive to other load, and the
-median of the runs' own wall-time ratios (run i of one mode against run i of the other),
-with their quartiles: how far one run's ratio wanders on this machine.
+targets for.  Runs of the modes alternate, forwards then backwards (tcp, direct, direct,
+tcp, ...), so a change in machine load hits all modes alike; the minimum over the runs is
+given too, as a figure less sensitive to other load, and the median of the runs' own
+wall-time ratios (run i of one mode against run i of the other), with their quartiles: how
+far one run's ratio wanders on this machine.
 SSL certificates are generated into a temporary ``.config/`` as MPyC expects; the relay
 mode uses a mediator started for the benchmark.
 
@@ -260,8 +261,11 @@ def bench(runs: int, programs: list[str], modes: list[str]) -> dict[str, Any]:
     try:
         for name in programs:
             samples: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
-            for _ in range(runs):
-                for mode in modes:
+            for run in range(runs):
+                # Every other run goes through the modes backwards (ABBA): a mode never
+                # always follows the same one, so what one run leaves behind (a warm page
+                # cache, a CPU still busy finishing the last exit) is shared out evenly.
+                for mode in modes if run % 2 == 0 else modes[::-1]:
                     samples[mode].append(run_once(setup, mode, WORKLOADS[name]))
             results[name] = {
                 mode: {
