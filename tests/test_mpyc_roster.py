@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
 from didsession.errors import ConfigError, IdentityError, RemoteProtocolError
 from didsession.identity import Store
+from mpyc_adapter import hook
 from mpyc_adapter.agreement import Program, differences
 from mpyc_adapter.hook import normalize_argv, our_options, wanted
 from mpyc_adapter.party import load_identity
@@ -216,3 +219,47 @@ def test_argument_handling() -> None:
     ours, rest = our_options(["-M3", "--didcomm", "200", "--didcomm-private-args", "-T", "1"])
     assert ours.didcomm == "" and ours.didcomm_private_args
     assert rest == ["-M3", "200", "-T", "1"]
+
+
+def test_our_start_up_runs_with_the_collector_paused_and_mpyc_does_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[tuple[str, bool]] = []
+
+    def before() -> str:
+        seen.append(("ours, before", gc.isenabled()))
+        return "plan"
+
+    def after(module: ModuleType, plan: str) -> None:
+        seen.append(("ours, after", gc.isenabled()))
+
+    class MPyC:
+        def exec_module(self, module: ModuleType) -> None:
+            seen.append(("mpyc.runtime", gc.isenabled()))
+
+    monkeypatch.setattr(hook, "_before_runtime", before)
+    monkeypatch.setattr(hook, "_after_runtime", after)
+    loader = hook._RuntimeLoader(MPyC())
+    assert gc.isenabled()
+    loader.exec_module(ModuleType("mpyc.runtime"))
+    assert seen == [("ours, before", False), ("mpyc.runtime", True), ("ours, after", False)]
+    assert gc.isenabled()
+
+    # A collector the program turned off stays off.
+    seen.clear()
+    gc.disable()
+    try:
+        loader.exec_module(ModuleType("mpyc.runtime"))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    assert [on for _, on in seen] == [False, False, False]
+
+    # A start-up that stops the party (a bad roster: SystemExit) leaves it running again.
+    def refuse() -> str:
+        raise SystemExit(1)
+
+    monkeypatch.setattr(hook, "_before_runtime", refuse)
+    with pytest.raises(SystemExit):
+        loader.exec_module(ModuleType("mpyc.runtime"))
+    assert gc.isenabled()
