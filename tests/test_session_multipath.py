@@ -64,6 +64,14 @@ class Net:
             sides.append(Side(ch, mp))
         return cls(sides[0], sides[1])
 
+    @classmethod
+    def upgraded(cls) -> tuple[Net, int, int]:
+        """A net whose sessions started on the relay and moved to a checked direct path:
+        (net, relay, direct)."""
+        net = cls.make()
+        relay = net.add(PathKind.RELAY)
+        return net, relay, net.add_path_checked()
+
     def side(self, i: int) -> Side:
         return self.a if i == 0 else self.b
 
@@ -93,6 +101,11 @@ class Net:
         self.collect(i)
         if pid >= 0:
             self.wires.setdefault((i, pid), []).append(frames)
+
+    def send_all(self, i: int, payloads: list[bytes]) -> list[bytes]:
+        for payload in payloads:
+            self.send(i, payload)
+        return payloads
 
     def collect(self, i: int) -> None:
         s = self.side(i)
@@ -148,9 +161,7 @@ def test_relay_start_acks_trim_retained() -> None:
     net = Net.make()
     relay = net.add(PathKind.RELAY)
     assert net.a.mp.active == relay
-    sent = _payloads(50)
-    for p in sent:
-        net.send(0, p)
+    sent = net.send_all(0, _payloads(50))
     net.pump()
     assert net.b.got == sent
     net.tick(0.1)  # the delayed ACK for the tail
@@ -167,9 +178,7 @@ def test_upgrade_while_relay_frames_in_flight_keeps_order() -> None:
     direct = net.add_path_checked()
     assert net.a.mp.active == direct and net.b.mp.active == direct
     assert net.a.mp.upgrades == 1
-    after = _payloads(10, 10)
-    for p in after:
-        net.send(0, p)
+    after = net.send_all(0, _payloads(10, 10))
     net.deliver(0, direct)  # the direct path overtakes the relay
     assert net.b.got == []  # waiting for frame 0
     net.deliver(0, relay)
@@ -182,18 +191,12 @@ def test_upgrade_while_relay_frames_in_flight_keeps_order() -> None:
 
 
 def test_fallback_retransmits_what_the_dead_path_lost() -> None:
-    net = Net.make()
-    relay = net.add(PathKind.RELAY)
-    direct = net.add_path_checked()
-    first = _payloads(20)
-    for p in first:
-        net.send(0, p)
+    net, relay, direct = Net.upgraded()
+    first = net.send_all(0, _payloads(20))
     net.deliver(0, direct, count=7)  # part arrives, the rest dies with the path
     net.cut(direct)
     assert net.a.mp.active == relay and net.a.mp.fallbacks == 1
-    later = _payloads(5, 20)
-    for p in later:
-        net.send(0, p)
+    later = net.send_all(0, _payloads(5, 20))
     net.pump()
     assert net.b.got == first + later  # nothing lost, nothing twice
     assert net.a.mp.retransmitted > 0
@@ -201,12 +204,8 @@ def test_fallback_retransmits_what_the_dead_path_lost() -> None:
 
 
 def test_duplicates_after_fallback_are_dropped() -> None:
-    net = Net.make()
-    relay = net.add(PathKind.RELAY)
-    direct = net.add_path_checked()
-    sent = _payloads(6)
-    for p in sent:
-        net.send(0, p)
+    net, relay, direct = Net.upgraded()
+    sent = net.send_all(0, _payloads(6))
     net.deliver(0, direct)  # all arrived, but the ACK never made it back
     net.wires.pop((1, direct), None)
     net.cut(direct)
@@ -215,9 +214,7 @@ def test_duplicates_after_fallback_are_dropped() -> None:
 
 
 def test_dead_path_detected_by_ping_timeout() -> None:
-    net = Net.make()
-    relay = net.add(PathKind.RELAY)
-    direct = net.add_path_checked()
+    net, relay, direct = Net.upgraded()
     net.tick(0.01)
     net.pump()
     assert net.a.mp.rtt(direct) is not None
@@ -243,9 +240,7 @@ def test_losing_the_only_path_loses_the_session() -> None:
 
 
 def test_mediator_gone_after_upgrade_changes_nothing() -> None:
-    net = Net.make()
-    relay = net.add(PathKind.RELAY)
-    direct = net.add_path_checked()
+    net, relay, direct = Net.upgraded()
     net.cut(relay)
     sent = _payloads(8)
     for p in sent:
@@ -301,9 +296,7 @@ def test_path_check_times_out() -> None:
 
 
 def test_tampered_multipath_message_closes_that_path() -> None:
-    net = Net.make()
-    relay = net.add(PathKind.RELAY)
-    direct = net.add_path_checked()
+    net, relay, direct = Net.upgraded()
     net.tick(1.5)  # pings queued
     queue = net.wires[(0, direct)]
     assert queue
@@ -426,12 +419,8 @@ def test_a_closing_side_acknowledges_every_frame_at_once() -> None:
 
 
 def test_a_close_lost_with_its_path_is_sent_again_on_the_next_one() -> None:
-    net = Net.make()
-    relay = net.add(PathKind.RELAY)
-    direct = net.add_path_checked()
-    sent = _payloads(3)
-    for p in sent:
-        net.send(0, p)
+    net, relay, direct = Net.upgraded()
+    sent = net.send_all(0, _payloads(3))
     _closes(net, 0)
     net.deliver(0, direct, count=1)  # the rest, the CLOSE among it, dies with the path
     net.cut(direct)
@@ -447,9 +436,7 @@ def test_a_close_lost_with_its_path_is_sent_again_on_the_next_one() -> None:
 def test_a_duplicate_is_acknowledged_again() -> None:
     """b got everything, but its ACK was lost with the path: a resends on the fallback, and
     b's answer to the duplicates settles a's close."""
-    net = Net.make()
-    relay = net.add(PathKind.RELAY)
-    direct = net.add_path_checked()
+    net, relay, direct = Net.upgraded()
     net.send(0, b"x")
     _closes(net, 0)
     net.deliver(0, direct)
