@@ -52,7 +52,6 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
@@ -60,6 +59,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from didsession import _x25519 as x25519
+from didsession._dataclass import dataclass
 from didsession.errors import DecryptError, DIDError, EnvelopeError
 
 __all__ = [

@@ -44,10 +44,10 @@ import os
 import socket
 import struct
 from collections.abc import AsyncGenerator, Iterator, Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
+from didsession._dataclass import dataclass
 from didsession.errors import DidSessionError, LocalProtocolError, RemoteProtocolError
 from didsession.stun import (
     Address,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import did_peer_2
@@ -26,6 +25,7 @@ from didcomm_messaging.multiformats import multibase, multicodec
 from didcomm_messaging.resolver import DIDResolver
 from pydid import DIDDocument, DIDUrl, Resource, VerificationMethod
 
+from didsession._dataclass import dataclass
 from didsession.errors import DIDError
 
 __all__ = [

@@ -21,7 +21,6 @@ import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from aries_askar import AskarError, Key, KeyAlg, ecdh
@@ -34,6 +33,7 @@ from didcomm_messaging.routing import RoutingService, RoutingServiceError
 from pydid import VerificationMethod
 from pydid.service import DIDCommV2Service
 
+from didsession._dataclass import dataclass
 from didsession.authcrypt import new_message
 from didsession.did import PeerResolver, check_did_syntax, legacy_fragments
 from didsession.errors import DecryptError, DIDError, DidSessionError, EnvelopeError

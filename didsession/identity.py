@@ -25,7 +25,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from didsession import _x25519 as x25519
+from didsession._dataclass import dataclass
 from didsession.authcrypt import NeedsFullEnvelope, did_keys
 from didsession.errors import ConfigError, IdentityError
 

@@ -14,13 +14,13 @@ import io
 import json
 import re
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import segno
 
+from didsession._dataclass import dataclass
 from didsession.did import PeerResolver, check_did_syntax
 from didsession.errors import DIDError, InvitationError
 

@@ -44,12 +44,12 @@ import json
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import aiohttp
 
 from didsession import relay_client
+from didsession._dataclass import dataclass
 from didsession.errors import DidSessionError, EnvelopeError, InvitationError, MediationError
 from didsession.relay_client import (
     DEFAULT_TIMEOUT,

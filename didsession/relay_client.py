@@ -31,12 +31,12 @@ import contextlib
 import json
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import aiohttp
 
+from didsession._dataclass import dataclass
 from didsession.authcrypt import NeedsFullEnvelope, check_did_syntax, did_keys, new_message
 from didsession.errors import DIDError, InvitationError, MediationError
 

@@ -40,11 +40,12 @@ import secrets
 import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import field, fields, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, NotRequired, Protocol, TypedDict
 
+from didsession._dataclass import dataclass
 from didsession.errors import ConfigError, DidSessionError
 
 __all__ = [

@@ -57,9 +57,9 @@ import struct
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import ClassVar, Final, TypeVar
 
+from didsession._dataclass import dataclass
 from didsession.errors import LocalProtocolError, RemoteProtocolError, StunParseError
 
 __all__ = [

@@ -24,9 +24,10 @@ import functools
 import ipaddress
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import Any, Literal, Protocol
 
+from didsession._dataclass import dataclass
 from didsession.errors import DidSessionError, LocalProtocolError, StunParseError
 from didsession.stun import (
     Address,

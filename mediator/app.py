@@ -31,12 +31,12 @@ import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from didsession import __version__
+from didsession._dataclass import dataclass
 from didsession.errors import ConfigError, DidSessionError
 from didsession.invitation import render_qr
 from didsession.stun import RateLimit, StunServer, StunServerConfig

@@ -19,10 +19,11 @@ import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from didsession._dataclass import dataclass
 from didsession.envelope import MAX_ENVELOPE_BYTES
 from didsession.errors import ConfigError
 

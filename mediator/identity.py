@@ -10,10 +10,10 @@ Several instances of one deployment share the same identity folder.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from didsession._dataclass import dataclass
 from didsession.envelope import Envelope
 from didsession.identity import Identity, Store
 from didsession.invitation import Invitation, make_invitation

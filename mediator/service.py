@@ -17,9 +17,9 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from didsession._dataclass import dataclass
 from didsession.did import PeerResolver
 from didsession.errors import DIDError, EnvelopeError, MediationError
 from mediator.config import MediatorConfig

@@ -24,10 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from didsession._dataclass import dataclass
 from didsession.errors import ProtocolError, RemoteProtocolError
 
 __all__ = [

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from didsession._dataclass import dataclass
 from didsession.errors import ConfigError, IdentityError
 from didsession.identity import Identity, Store, default_home
 from mpyc_adapter.roster import Roster, short_did

@@ -38,10 +38,10 @@ import ipaddress
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from didsession._dataclass import dataclass
 from didsession.authcrypt import NeedsFullEnvelope, check_did_syntax, did_keys
 from didsession.errors import ConfigError, DIDError, InvitationError
 

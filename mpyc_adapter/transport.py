@@ -53,10 +53,10 @@ import asyncio
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from didsession._dataclass import dataclass
 from didsession.errors import (
     DidSessionError,
     LocalProtocolError,

@@ -7,9 +7,10 @@ channel reports :class:`MessageReceived`, :class:`KeyUpdated` and :class:`Sessio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
+
+from didsession._dataclass import dataclass
 
 if TYPE_CHECKING:
     from didsession.session.channel import Channel

@@ -15,9 +15,9 @@ unpack, one comparison); the dataclass codecs here are for everything else.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from enum import IntEnum
 
+from didsession._dataclass import dataclass
 from didsession.errors import FrameError, LocalProtocolError, RemoteProtocolError
 
 __all__ = [

@@ -38,10 +38,11 @@ import binascii
 import json
 import os
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import Enum, StrEnum
 from typing import Any
 
+from didsession._dataclass import dataclass
 from didsession.errors import (
     DidSessionError,
     LocalProtocolError,

@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import Enum, StrEnum
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from didsession import _x25519 as x25519
+from didsession._dataclass import dataclass
 from didsession.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [

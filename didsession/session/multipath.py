@@ -50,9 +50,10 @@ import os
 import struct
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import Enum, StrEnum
 
+from didsession._dataclass import dataclass
 from didsession.errors import FrameError, LocalProtocolError, RemoteProtocolError
 from didsession.session.events import Event
 from didsession.session.frame import COUNTER_MASK, OVERHEAD

@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
+from didsession._dataclass import dataclass
 from didsession.errors import LocalProtocolError, RemoteProtocolError
 from didsession.session.channel import Channel, ChannelState
 from didsession.session.events import SessionClosed, SessionRefused

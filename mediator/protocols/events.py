@@ -9,8 +9,9 @@ the protocol module's reply function.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
+
+from didsession._dataclass import dataclass
 
 __all__ = [
     "DeliveryRequested",

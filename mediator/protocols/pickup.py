@@ -15,9 +15,9 @@ attachment id.  Attachment ids are the mediator's queue ids, opaque to the recip
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from didsession._dataclass import dataclass
 from didsession.errors import MediationError
 from mediator.protocols.events import (
     DeliveryRequested,

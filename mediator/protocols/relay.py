@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import hmac
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import Enum
 from typing import Any, Final, Generic, Literal, TypeVar
 
+from didsession._dataclass import dataclass
 from didsession.errors import MediationError
 from mediator.protocols.events import Event
 from mediator.protocols.messages import (

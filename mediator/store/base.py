@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
+from didsession._dataclass import dataclass
 from didsession.errors import MediationError
 from mediator.protocols.events import KeylistUpdate
 from mediator.protocols.messages import Codes
