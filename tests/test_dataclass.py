@@ -183,6 +183,18 @@ def test_post_init_init_false_fields_and_own_methods_are_kept() -> None:
     assert str(inspect.signature(make(ours))) == str(inspect.signature(make(standard)))
 
 
+def test_an_undocumented_class_gets_its_signature_as_doc() -> None:
+    def make(decorator: Callable[..., Any]) -> Any:
+        class Undocumented:
+            a: int
+            b: list[int] = dataclasses.field(default_factory=list)
+
+        return decorator(frozen=True, slots=True)(Undocumented)
+
+    assert make(ours).__doc__ == make(standard).__doc__
+    assert make(ours).__doc__.startswith("Undocumented(a: 'int'")
+
+
 def test_a_class_with_its_own_init_keeps_it() -> None:
     @ours(frozen=True, slots=True, init=False)
     class Reply:
