@@ -36,6 +36,14 @@ The event loop matters as much as the transport: MPyC runs on uvloop when it is 
 ``--no-uvloop`` every party runs on asyncio's own loop, as after ``pip install mpyc
 didsession``.  The JSON names the loop (``machine.event_loop``).
 
+The machine's own state matters too: on a virtual machine the hypervisor may take CPU time
+from it (Linux counts it as *steal* in ``/proc/stat``).  Each run records the share of the
+machine's CPU time stolen while it ran (``steal_pct``, per mode the median), and the
+benchmark as a whole (``machine.cpu_steal_pct``); the table warns when it exceeds
+``STEAL_WARN_PCT``.  This VM has shown ~1% on a quiet day and 22% on a busy one, when plain
+TCP's AES took 4-5.7 s instead of 2.6 s: figures from such a run say more about the host
+than about the code.
+
 A mode written ``MODE@DIR`` runs the parties with ``PYTHONPATH=DIR``: the didsession and
 mpyc_adapter packages of another checkout, alternating with this one's in the same run (an
 A/B comparison under the same machine load).  Before the runs, the packages' bytecode is
@@ -93,6 +101,30 @@ TARGETS = {
     "relay/direct": 1.5,
 }
 _ELAPSED = re.compile(r"elapsed time: (\d+):(\d+):(\d+\.\d+)")
+STEAL_WARN_PCT = 5.0
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """All CPU time of the machine and the part the hypervisor stole, in ticks (``/proc/stat``
+    line ``cpu``); ``None`` where there is no such file."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is
+    # already counted in user, so the first eight are the whole.
+    ticks = [int(x) for x in fields[1:9]]
+    return sum(ticks), ticks[7]
+
+
+def steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of the machine's CPU time stolen between two :func:`cpu_ticks` readings."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return 100.0 * (after[1] - before[1]) / (after[0] - before[0])
 
 
 def free_ports(n: int) -> list[int]:
@@ -222,6 +254,7 @@ def run_once(setup: Setup, mode: str, program: list[str]) -> dict[str, float]:
     """
     cmds = setup.commands(mode, program)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ticks = cpu_ticks()
     t0 = time.perf_counter()
     procs = [
         subprocess.Popen(
@@ -245,6 +278,7 @@ def run_once(setup: Setup, mode: str, program: list[str]) -> dict[str, float]:
                 proc.kill()
                 proc.wait()
     wall = time.perf_counter() - t0
+    stolen = steal_pct(ticks, cpu_ticks())
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     compute = float("inf")
@@ -256,7 +290,10 @@ def run_once(setup: Setup, mode: str, program: list[str]) -> dict[str, float]:
             raise RuntimeError(f"{mode} {program[0]}: no elapsed time in\n{out[-2000:]}")
         h, m, s = match.groups()
         compute = min(compute, int(h) * 3600 + int(m) * 60 + float(s))
-    return {"wall": wall, "compute": compute, "cpu": cpu}
+    sample = {"wall": wall, "compute": compute, "cpu": cpu}
+    if stolen is not None:
+        sample["steal"] = stolen
+    return sample
 
 
 def bench(runs: int, programs: list[str], modes: list[str]) -> dict[str, Any]:
@@ -281,6 +318,7 @@ def bench(runs: int, programs: list[str], modes: list[str]) -> dict[str, Any]:
                     "compute_min_s": round(min(s["compute"] for s in runs_), 3),
                     "wall_runs": [round(s["wall"], 3) for s in runs_],
                     "compute_runs": [round(s["compute"], 3) for s in runs_],
+                    **_steal(runs_),
                 }
                 for mode, runs_ in samples.items()
             }
@@ -288,6 +326,16 @@ def bench(runs: int, programs: list[str], modes: list[str]) -> dict[str, Any]:
         setup.close()
         shutil.rmtree(root, ignore_errors=True)
     return results
+
+
+def _steal(runs: list[dict[str, float]]) -> dict[str, Any]:
+    steals = [s["steal"] for s in runs if "steal" in s]
+    if not steals:
+        return {}
+    return {
+        "steal_pct": round(statistics.median(steals), 1),
+        "steal_runs": [round(x, 1) for x in steals],
+    }
 
 
 def compile_packages(trees: list[Path]) -> None:
@@ -442,7 +490,9 @@ def main() -> None:
     if not args.no_compile:
         compile_packages(trees)
     load_before = [round(x, 2) for x in os.getloadavg()]
+    ticks = cpu_ticks()
     results = bench(args.runs, programs, modes)
+    stolen = steal_pct(ticks, cpu_ticks())
     rat = ratios(results)
     result = {
         "machine": {
@@ -452,6 +502,7 @@ def main() -> None:
             "event_loop": event_loop(),
             "load_average_before": load_before,
             "load_average": [round(x, 2) for x in os.getloadavg()],
+            "cpu_steal_pct": None if stolen is None else round(stolen, 1),
         },
         "bytecode": "left as found" if args.no_compile else "compiled before the runs",
         "parties": PARTIES,
@@ -468,16 +519,24 @@ def main() -> None:
         f"{PARTIES} parties on loopback, {result['machine']['event_loop']}, median of "
         f"{args.runs} runs (seconds); load average {load_before[0]} before, "
         f"{result['machine']['load_average'][0]} after"
+        + ("" if stolen is None else f"; {stolen:.1f}% of the CPU time stolen by the host")
     )
+    if stolen is not None and stolen > STEAL_WARN_PCT:
+        print(
+            f"warning: the hypervisor took {stolen:.1f}% of this machine's CPU time during "
+            "the runs; the times and ratios say more about the host than about the code"
+        )
     mw = max(7, *(len(m) for m in modes))
     print(
         f"{'program':8} {'mode':{mw}} {'wall':>7} {'compute':>8} {'cpu':>7}   (min: wall compute)"
+        "  steal %"
     )
     for name, modes_ in results.items():
         for mode, r in modes_.items():
             print(
                 f"{name:8} {mode:{mw}} {r['wall_s']:7.3f} {r['compute_s']:8.3f} {r['cpu_s']:7.3f}"
                 f"   {r['wall_min_s']:7.3f} {r['compute_min_s']:7.3f}"
+                f"  {r.get('steal_pct', float('nan')):7.1f}"
             )
     print(
         "\nratios of medians (wall, compute), of minima (wall, compute), median of the runs' "
