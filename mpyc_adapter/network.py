@@ -27,7 +27,11 @@ it has no session with yet (:meth:`DidcommNetwork.stop`), so a mismatch stops ev
 The reason travels as the close code (``e.p.mpyc.program.p2:L,args``: party 2 differs in
 ``-L`` and the arguments), so every party's message says what differs.  Sessions from DIDs
 outside the roster are refused and logged; they never stop the party (an outsider must
-not be able to end a computation).
+not be able to end a computation).  Nor does a link that ends before the peer sent one
+frame under the session's keys (``SessionTransport.peer_proven``): a session request
+recorded in an earlier run and replayed authenticates as the roster party, but nobody can
+compute its keys (spec/session.md §11.5), so such a link is dropped with a warning and
+the party goes on waiting (accepting side) or MPyC connects again (connecting side).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +105,14 @@ DIRECT_ENV = "DIDSESSION_MPYC_DIRECT"
 DIAL_TIMEOUT = 10.0
 # Refusals a retry cannot fix (spec/session.md §10): stop instead of retrying forever.
 _FATAL_REFUSALS = ("e.p.msg.session.unauthorized", "e.p.mpyc")
+
+
+class _Agreement(Enum):
+    """How a program agreement ended."""
+
+    AGREED = "agreed"
+    STOPPING = "stopping"  # a mismatch, or a proven peer failed: this party stops
+    UNPROVEN = "unproven"  # the link ended before the peer proved it holds the keys
 
 
 class _Server:
@@ -235,6 +248,11 @@ class DidcommNetwork:
             await link.initiate(hs, self._pack, self._unpack, HANDSHAKE_TIMEOUT)
             self._upgrade(link, hs)
             agreed = await self._agree(link, peer)
+            if agreed is _Agreement.UNPROVEN:
+                raise RemoteProtocolError(
+                    "the link ended before the program agreement",
+                    code="e.p.msg.session.truncated",
+                )
         except DidSessionError as exc:
             if link is not None:
                 link.close()
@@ -247,7 +265,7 @@ class DidcommNetwork:
             if link is not None:
                 link.close()
             raise
-        if not agreed:
+        if agreed is _Agreement.STOPPING:
             await self._halted()  # never return to MPyC's start(): this party is stopping
         return link
 
@@ -482,7 +500,6 @@ class DidcommNetwork:
                 )
                 await link.respond(hs, self._pack, self._unpack, HANDSHAKE_TIMEOUT)
                 self._upgrade(link, hs)
-                break
             except DidSessionError as exc:
                 link.close()
                 if not standby:
@@ -490,51 +507,67 @@ class DidcommNetwork:
             except asyncio.CancelledError:
                 link.close()
                 raise
+            else:
+                if await self._accepted(link, peer, factory):
+                    return
             await asyncio.sleep(0.1)
-        await self._accepted(link, peer, factory)
 
     async def _accepted(
         self, link: SessionTransport, peer: int, factory: Callable[[], Any]
-    ) -> None:
+    ) -> bool:
+        """Agree on the program with a lower party that connected, and hand the link to
+        MPyC.  Returns False if the link ended before the peer proved itself (keep
+        waiting for that party), True otherwise."""
         current = self.links.get(peer)
         if current is not None and current.state is LinkState.OPEN:
             link.fail(RemoteProtocolError("duplicate link", code="e.p.mpyc.duplicate"))
             log.warning(f"didsession: refused a second link from {link.label}")
-            return
+            return True
         if self._stopping:  # tell a late party why we stop, then stop answering
             link.fail(RemoteProtocolError("stopping", code=self._stop_code))
-            return
+            return True
         try:
             agreed = await self._agree(link, peer)
         except asyncio.CancelledError:
             link.close()
             raise
-        if agreed:
+        if agreed is _Agreement.AGREED:
             self._attach(link, factory(), peer, expect_pid=peer)
+        return agreed is not _Agreement.UNPROVEN
 
-    async def _agree(self, link: SessionTransport, peer: int) -> bool:
-        """Exchange program records (:mod:`mpyc_adapter.agreement`).  On a mismatch (or no
-        usable record) stop this party and return False."""
+    async def _agree(self, link: SessionTransport, peer: int) -> _Agreement:
+        """Exchange program records (:mod:`mpyc_adapter.agreement`).
+
+        A mismatch, or a peer that proved itself and then sent no usable record, stops
+        this party (STOPPING).  A link that ends before the peer sent anything under the
+        session's keys is dropped with a warning (UNPROVEN): see the module docstring."""
         link.send_now(self.program.encode())
         try:
             theirs = Program.decode(await link.peer_agreement(HANDSHAKE_TIMEOUT))
         except ProtocolError as exc:
             link.fail(exc)
+            if not link.peer_proven:
+                self._warn(
+                    peer,
+                    f"a session as {link.label} ended before its peer proved it holds the "
+                    f"session keys ({exc.message}); the party may connect again",
+                )
+                return _Agreement.UNPROVEN
             if exc.code.startswith("e.p.mpyc."):  # the peer stopped first: say why
                 self._peer_stopped(link, exc)
             else:
                 self.stop(f"no program agreement with {link.label}: {exc.message}")
-            return False
+            return _Agreement.STOPPING
         if self._stopping:
             link.fail(RemoteProtocolError("stopping", code=self._stop_code))
-            return False
+            return _Agreement.STOPPING
         if theirs.party != peer:
             err = RemoteProtocolError(
                 f"{link.label} states it is party {theirs.party}", code="e.p.mpyc.party"
             )
             link.fail(err)
             self.stop(f"{err.message}, but its DID is party {peer}'s in the roster")
-            return False
+            return _Agreement.STOPPING
         diffs = differences(self.program, theirs)
         if diffs:
             keys = ",".join(key for key, _ in diffs)
@@ -545,8 +578,8 @@ class DidcommNetwork:
                 + ". Nothing was computed.",
                 code=f"e.p.mpyc.program.p{peer}:{keys}"[:64],
             )
-            return False
-        return True
+            return _Agreement.STOPPING
+        return _Agreement.AGREED
 
     def _attach(
         self, link: SessionTransport, protocol: Any, peer: int, expect_pid: int | None
@@ -599,8 +632,8 @@ class DidcommNetwork:
             who, _, keys = code.removeprefix("e.p.mpyc.program.p").partition(":")
             what = ", ".join(KEY_NAMES.get(k, k) for k in keys.split(",") if k)
             self.stop(
-                f"{link.label} stopped: party {who} runs a different program "
-                f"({what} differ). Nothing was computed.",
+                f"{link.label} stopped: it reports that party {who} runs a different "
+                f"program ({what} differ). Nothing was computed.",
                 code=code,
             )
         elif code == "e.p.mpyc.program":

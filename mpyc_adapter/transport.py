@@ -190,6 +190,7 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
         self._eager = eager_bytes
         self._turn = False  # an end-of-turn flush is scheduled
         self._closing = False
+        self._heard_control = False  # an authenticated control frame came (see peer_proven)
 
     # -- the byte path below (asyncio.Protocol) ------------------------------------------
 
@@ -407,6 +408,16 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
     def peer_did(self) -> str:
         return self.channel.peer_did
 
+    @property
+    def peer_proven(self) -> bool:
+        """Whether the peer has sent a frame that authenticated under this session's keys.
+
+        Until then, an accepting side knows only that a ``request`` came: a request recorded
+        earlier and replayed makes keys nobody else can compute (spec/session.md §11.5),
+        so a link that ends before this is true may have had nobody behind it.
+        """
+        return self.stats.records_in > 0 or self._heard_control
+
     # -- program agreement ------------------------------------------------------------------
 
     def send_now(self, payload: bytes) -> None:
@@ -582,6 +593,7 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
     def _control(self) -> None:
         channel = self._channel
         assert channel is not None
+        self._heard_control = True
         for event in channel.events():
             if isinstance(event, SessionClosed) and event.by_peer:
                 self._peer_closed(event.code)

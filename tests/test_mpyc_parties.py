@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -54,10 +56,11 @@ def run_parties(
     delays: dict[int, float] | None = None,
     done: Callable[[list[subprocess.Popen[bytes]]], bool] | None = None,
     timeout: float = RUN_TIMEOUT,
+    before: dict[int, Callable[[], None]] | None = None,
 ) -> list[Result]:
     """Run one process per command (highest party first, like MPyC) until all exit, or
-    until ``done(procs)``; then give the rest 2 s and kill them.  Output goes to files, so
-    nothing blocks on a full pipe."""
+    until ``done(procs)``; then give the rest 2 s and kill them.  ``before[i]`` runs just
+    before party i starts.  Output goes to files, so nothing blocks on a full pipe."""
     tmp.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes] | None] = [None] * len(cmds)
     files = []
@@ -68,6 +71,8 @@ def run_parties(
             wait = (delays or {}).get(i, 0.0) - (time.monotonic() - t0)
             if wait > 0:
                 time.sleep(wait)
+            if before and i in before:
+                before[i]()
             out, err = tmp / f"p{i}.out", tmp / f"p{i}.err"
             fo, fe = out.open("wb"), err.open("wb")
             files += [fo, fe]
@@ -285,6 +290,73 @@ def test_a_wrong_did_is_refused(parties: Parties, tmp_path: Path) -> None:
     assert "not a party of the roster" in results[2].out
     # The honest parties computed nothing and were still waiting for the real party 1.
     assert results[0].lines == [] and results[2].lines == []
+
+
+def _capture_request(port: int, cmd: Sequence[str], home: Path, tmp: Path) -> bytes:
+    """Listen on ``port`` in place of the party there, start ``cmd`` (the party below it),
+    and record the first handshake item it sends: ``u32 length || packed request``."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    with socket.create_server(("127.0.0.1", port)) as server:
+        server.settimeout(30)
+        with (tmp / "capture.out").open("wb") as out:
+            proc = subprocess.Popen(
+                list(cmd),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ, DIDSESSION_HOME=str(home)),
+                cwd=tmp,
+                start_new_session=True,
+            )
+            try:
+                conn, _ = server.accept()
+                with conn:
+                    conn.settimeout(30)
+                    buf = b""
+                    while len(buf) < 4 or len(buf) < 4 + struct.unpack(">I", buf[:4])[0]:
+                        chunk = conn.recv(65536)
+                        assert chunk, "the party hung up before sending its request"
+                        buf += chunk
+            finally:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+    return buf[: 4 + struct.unpack(">I", buf[:4])[0]]
+
+
+def test_a_replayed_session_request_does_not_stop_a_party(parties: Parties, tmp_path: Path) -> None:
+    """An outsider who recorded party 0's session request in an earlier run replays it to
+    party 1 and hangs up.  It authenticates as party 0, but nobody can compute its keys
+    (spec/session.md §11.5): party 1 warns, drops the link and goes on waiting; the real
+    party 0 then connects and both compute what plain TCP computes."""
+    expected = tcp("sums.py", ["20"], 2, tmp_path / "tcp")[0].lines
+    roster = parties.roster(2)
+    port = int(json.loads(roster.read_text())["parties"][1]["addr"].rsplit(":", 1)[1])
+    cmd = [PY, str(PROGRAMS / "sums.py"), "20", "--didcomm", str(roster)]
+    request = _capture_request(port, cmd, parties.homes[0], tmp_path / "capture")
+
+    def replay_then_start_party_0() -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "party 1 never listened"
+                time.sleep(0.05)
+        with conn:
+            conn.sendall(request)
+            # Party 1 answers (accept, then its sealed program record), then we hang up.
+            assert conn.recv(65536), "party 1 did not answer the replayed request"
+            time.sleep(0.3)
+
+    results = run_parties(
+        [cmd, cmd],
+        tmp_path / "run",
+        homes=parties.homes[:2],
+        before={0: replay_then_start_party_0},
+    )
+    ok(results)
+    assert all(r.lines == expected for r in results)
+    assert "ended before its peer proved it holds the session keys" in results[1].out
 
 
 def test_a_program_mismatch_stops_every_party(parties: Parties, tmp_path: Path) -> None:
