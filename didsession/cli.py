@@ -786,7 +786,7 @@ def cmd_candidates(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from didsession.demo import run_demo
 
-    return run_demo(keep=args.keep, verbose=args.verbose)
+    return run_demo(keep=args.keep, verbose=args.verbose, as_json=args.json)
 
 
 # -- parser -----------------------------------------------------------------------------
@@ -832,10 +832,19 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    # For commands that use no identity (the demo makes its own).
+    plain = argparse.ArgumentParser(add_help=False)
+    plain.add_argument("--json", action="store_true", help="machine-readable output")
+    plain.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+
     def add(
-        name: str, func: Callable[[argparse.Namespace], int], help_: str, desc: str = ""
+        name: str,
+        func: Callable[[argparse.Namespace], int],
+        help_: str,
+        desc: str = "",
+        parents: tuple[argparse.ArgumentParser, ...] = (common,),
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_, description=desc or help_)
+        p = sub.add_parser(name, parents=list(parents), help=help_, description=desc or help_)
         p.set_defaults(func=func)
         return p
 
@@ -1012,7 +1021,9 @@ def build_parser() -> argparse.ArgumentParser:
         "build a roster, and run a real MPyC computation (sum, maximum, secret santa) in "
         "three processes, every link a session, direct or through an embedded mediator's "
         "relay; then a party running another program is refused.  Every step is this CLI "
-        "or an unmodified MPyC program, run for real.",
+        "or an unmodified MPyC program, run for real.  With --json the progress goes to "
+        "stderr and stdout gets a summary: results, each link's counters, overhead.",
+        parents=(plain,),
     )
     p.add_argument("--keep", action="store_true", help="keep the demo's homes afterwards")
     p.add_argument("--verbose", action="store_true", help="print long outputs whole")

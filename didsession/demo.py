@@ -9,20 +9,25 @@ address in the roster, so her links start on the mediator's relay and move to a 
 once the candidates in their handshakes lead to one.  The demo prints the
 results, each link's path and the session overhead per MPyC message, then shows a party
 with a different program being refused.  Everything lives in a temporary directory that is
-removed at the end.
+removed at the end, also when the demo is interrupted (Ctrl-C, SIGTERM, SIGHUP): the
+parties run in their own sessions, so only the demo hears the signal, and it stops them.
+With ``--json`` the progress goes to stderr and stdout gets one JSON summary.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -55,11 +60,25 @@ class _Runner:
             shlex.quote(a) if len(a) < 60 else "'" + a[:40] + "…'" for a in args
         ).replace(str(self.root) + "/", "")
         print(f"\n[{who}]$ didsession {shown}", flush=True)
-        proc = subprocess.run(
-            [*self.exe, *args], input=stdin, capture_output=True, env=self.env(who), timeout=60
+        child = subprocess.Popen(
+            [*self.exe, *args],
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.env(who),
         )
-        out = proc.stdout.decode(errors="replace").rstrip()
-        err = proc.stderr.decode(errors="replace").rstrip()
+        try:
+            stdout, stderr = child.communicate(stdin, timeout=60)
+        except BaseException as exc:
+            # Interrupted, or stuck: the step must be gone before its home is removed.
+            child.kill()
+            child.wait()
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise DidSessionError(f"demo step timed out: didsession {args[0]}") from None
+            raise
+        proc = subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
+        out = stdout.decode(errors="replace").rstrip()
+        err = stderr.decode(errors="replace").rstrip()
         if out and (self.verbose or len(out) <= show):
             print(_indent(out))
         elif out and show:
@@ -100,8 +119,14 @@ def _run_parties(
             env["DIDSESSION_MPYC_REPORT"] = str(report)
         cmd = [sys.executable, "-m", "mpyc_adapter", str(program), *args[name]]
         cmd += ["--didcomm", str(roster)]
+        # Their own session: a Ctrl-C reaches the demo only, which stops them (finally).
         procs[name] = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=r.root
+            cmd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=r.root,
+            start_new_session=True,
         )
         outputs[name] = []
         assert procs[name].stdout is not None
@@ -126,8 +151,11 @@ def _run_parties(
     return {name: (procs[name].returncode, outputs[name]) for name in NAMES}
 
 
-def _links_table(report: Path) -> list[str]:
-    rows = [json.loads(line) for line in report.read_text().splitlines() if line.strip()]
+def _link_rows(report: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in report.read_text().splitlines() if line.strip()]
+
+
+def _links_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         f"    {'link':16} {'path':7} {'messages':>9} {'records':>8} {'per record':>10} "
         f"{'overhead/message':>17}"
@@ -149,7 +177,41 @@ def _links_table(report: Path) -> list[str]:
     return lines
 
 
-def run_demo(keep: bool = False, verbose: bool = False) -> int:
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the demo like Ctrl-C does: through the ``finally`` blocks that
+    stop the parties and the mediator and remove the temporary directory."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def run_demo(keep: bool = False, verbose: bool = False, as_json: bool = False) -> int:
+    """Run the demo; with ``as_json`` the progress goes to stderr and a JSON summary to
+    stdout."""
+    out = sys.stdout
+    summary: dict[str, Any] = {}
+    with _signals_interrupt():
+        if as_json:
+            with contextlib.redirect_stdout(sys.stderr):
+                code = _demo(keep, verbose, summary)
+            out.write(json.dumps(summary, indent=2) + "\n")
+            out.flush()
+            return code
+        return _demo(keep, verbose, summary)
+
+
+def _demo(keep: bool, verbose: bool, summary: dict[str, Any]) -> int:
     t0 = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="didsession-demo-"))
     r = _Runner(root, verbose)
@@ -217,23 +279,43 @@ def run_demo(keep: bool = False, verbose: bool = False) -> int:
         failed = [n for n, (code, _) in results.items() if code != 0]
         if failed:
             raise DidSessionError(f"the MPyC computation failed at {', '.join(failed)}")
-        print(
-            f"\n    computed in {time.monotonic() - t_run:.1f} s (three processes, start-up included)"
-        )
+        computed = time.monotonic() - t_run
+        print(f"\n    computed in {computed:.1f} s (three processes, start-up included)")
+        santas = {}
         for name in NAMES:
             printed = [ln for ln in results[name][1] if ln and not ln[:4].isdigit()]
             santa = next((ln for ln in printed if ln.startswith("secret santa")), "")
             if name == NAMES[0]:
-                print("    " + "\n    ".join(ln for ln in printed if not ln.startswith("secret")))
+                shown = [ln for ln in printed if not ln.startswith("secret")]
+                print("    " + "\n    ".join(shown))
+                summary["printed"] = shown
             to = santa.rsplit(" ", 1)[-1]
             if to.isdigit():
+                santas[name] = NAMES[int(to)]
                 print(f"    {name} is the secret santa of {NAMES[int(to)]} (only {name} knows)")
-        print("\n    links (each party's view of what it sent):")
-        print("\n".join(_links_table(report)))
+        rows = _link_rows(report)
+        print("\n    links (each party's view of what it sent; path: where the link ended up):")
+        print("\n".join(_links_table(rows)))
+        messages = sum(row["messages"] for row in rows)
+        records = sum(row["records"] for row in rows)
+        per_record = messages / records if records else 0.0
         print(
-            "    (this program waits for every answer, so each record carries one message; "
-            "in scalar-heavy\n    programs several messages share a record: "
-            "python bench/mpyc.py)"
+            f"    (this program waits for most answers, so a record carries few messages: "
+            f"{per_record:.1f} here;\n    in scalar-heavy programs many messages share a "
+            "record: python bench/mpyc.py)"
+        )
+        summary.update(
+            inputs=INPUTS,
+            secret_santa=santas,
+            computation_s=round(computed, 2),
+            links=rows,
+            messages=messages,
+            records=records,
+            overhead_per_message=round(
+                sum(row["wire_bytes"] - row["payload_bytes"] for row in rows) / messages, 2
+            )
+            if messages
+            else None,
         )
 
         print("\n== 5. A party that runs another program is refused before anything is computed")
@@ -242,8 +324,11 @@ def run_demo(keep: bool = False, verbose: bool = False) -> int:
         if any(code == 0 for code, _ in refused.values()):
             raise DidSessionError("a program mismatch was not refused")
         print("    -> every party stopped with exit status 1; nothing was computed")
+        summary["mismatch_refused"] = True
 
-        print(f"\nDone in {time.monotonic() - t0:.1f} s.")
+        total = time.monotonic() - t0
+        print(f"\nDone in {total:.1f} s.")
+        summary["total_s"] = round(total, 1)
         return 0
     finally:
         if mediator is not None:

@@ -70,6 +70,10 @@ class EmbeddedMediator:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # Not in the terminal's process group: a Ctrl-C goes to whoever started it,
+            # which stops it (stop()) after its parties; killed first, it would make them
+            # fail with "cannot reach the mediator" instead of stopping quietly.
+            start_new_session=True,
         )
 
     def wait_ready(self, timeout: float = 30.0) -> None:

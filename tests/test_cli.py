@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import stat
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -110,10 +116,89 @@ def test_usage_error_exits_2(cli_factory: Callable[[str], Cli]) -> None:
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
 
 
-def test_demo_runs(cli_factory: Callable[[str], Cli]) -> None:
-    proc = cli_factory("demo")("demo")
-    assert "Done in" in proc.stdout
-    assert "sender authenticated: True" in proc.stdout
+def _demo_env(tmp: Path) -> dict[str, str]:
+    """The demo's temporary directory goes under ``tmp``, to see that it is removed."""
+    tmp.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp))
+    env.pop("DIDSESSION_HOME", None)
+    return env
+
+
+def test_demo_runs_and_summarises_as_json(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "didsession.cli", "demo", "--json"],
+        capture_output=True,
+        env=_demo_env(tmp),
+        timeout=120,
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    # The progress went to stderr...
+    assert "Done in" in err
+    assert "sender authenticated: True" in err
     # the MPyC computation ran over sessions and every party agrees on the result
-    assert proc.stdout.count("sum of the inputs: 158") >= 3
-    assert "Nothing was computed" in proc.stdout  # the mismatching program was refused
+    assert err.count("sum of the inputs: 158") >= 3
+    assert "Nothing was computed" in err  # the mismatching program was refused
+    # ...and stdout is one JSON document.
+    summary = json.loads(proc.stdout)
+    assert summary["printed"] == ["sum of the inputs: 158", "maximum: 99, held by party 2"]
+    santa = summary["secret_santa"]
+    assert sorted(santa) == sorted(santa.values()) == ["alice", "bob", "carol"]
+    assert all(giver != taker for giver, taker in santa.items())
+    assert len(summary["links"]) == 6 and summary["messages"] >= summary["records"] > 0
+    assert {row["path"] for row in summary["links"]} <= {"direct", "relay"}
+    assert 0 < summary["overhead_per_message"] <= 28
+    assert summary["mismatch_refused"] is True
+    assert list(tmp.iterdir()) == []  # its temporary directory is gone
+
+
+def test_demo_help_offers_only_what_it_uses(cli_factory: Callable[[str], Cli]) -> None:
+    out = cli_factory("h")("demo", "--help").stdout
+    assert "--json" in out and "--keep" in out
+    assert "--home" not in out and "--passphrase-file" not in out
+
+
+def test_demo_cleans_up_when_terminated(tmp_path: Path) -> None:
+    """SIGTERM while the MPyC parties run: the demo stops them and its mediator and removes
+    its temporary directory, as it does on Ctrl-C."""
+    tmp = tmp_path / "tmp"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "didsession.cli", "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=_demo_env(tmp),
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(
+        target=lambda: lines.extend(raw.decode(errors="replace") for raw in proc.stdout),  # type: ignore[union-attr]
+        daemon=True,
+    )
+    reader.start()
+    try:
+        deadline = time.monotonic() + 90
+        while not any("[carol] " in ln for ln in lines):  # the parties are running
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+        made = list(tmp.iterdir())
+        assert len(made) == 1  # the demo's directory, while it runs
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    reader.join(5)
+    out = "".join(lines)
+    assert "didsession: interrupted" in out and "Traceback" not in out
+    assert list(tmp.iterdir()) == []
+    # No party or mediator of the demo is left: each had the directory on its command line.
+    deadline = time.monotonic() + 10
+    while True:
+        left = subprocess.run(["pgrep", "-f", str(made[0])], capture_output=True, text=True)
+        if not left.stdout.strip():
+            break
+        assert time.monotonic() < deadline, f"left running: {left.stdout}"
+        time.sleep(0.1)
