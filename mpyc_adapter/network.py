@@ -87,6 +87,19 @@ REPORT_ENV = "DIDSESSION_MPYC_REPORT"
 BATCH_ENV = "DIDSESSION_MPYC_BATCH"
 EAGER_ENV = "DIDSESSION_MPYC_EAGER"
 HANDSHAKE_TIMEOUT = 30.0
+# An accepted connection must bring its session request this soon (a party sends it right
+# after connecting).
+REQUEST_TIMEOUT = 10.0
+# Handshake items on MPyC links: a request or accept is ~2 KB (its DIDs, keys, candidates).
+MAX_HANDSHAKE_ITEM = 32 << 10
+# Accepted connections not yet handed to MPyC (handshake or agreement running), in all and
+# from one address: beyond these a connection is closed at once.  Honest parties have one
+# each (a retry may briefly make two); they connect again when closed.
+MAX_PENDING = 64
+MAX_PENDING_PER_HOST = 16
+# Distinct warnings about refused or failed incoming sessions: outsiders choose how many
+# there are, so the log gets this many and then one line saying the rest are not shown.
+MAX_REFUSAL_WARNINGS = 100
 # How long a direct TCP connect may take before the relay is tried (if there is one).
 CONNECT_TIMEOUT = 3.0
 # A refused connection is tried again every REFUSED_POLL s for up to REFUSED_PATIENCE s
@@ -119,14 +132,14 @@ class _Server:
     """What ``create_server`` returns to MPyC: ``close()`` stops listening and stops
     waiting for relayed peers."""
 
-    def __init__(self, listener: asyncio.AbstractServer | None, tasks: list[asyncio.Task[None]]):
+    def __init__(self, listener: asyncio.AbstractServer | None, tasks: set[asyncio.Task[None]]):
         self._listener = listener
         self._tasks = tasks
 
     def close(self) -> None:
         if self._listener is not None:
             self._listener.close()
-        for task in self._tasks:
+        for task in list(self._tasks):
             task.cancel()
 
     async def wait_closed(self) -> None:
@@ -158,6 +171,8 @@ class DidcommNetwork:
         self._ahead: dict[int, asyncio.Task[SessionTransport]] = {}
         self._ahead_started = False
         self._warned: set[tuple[int, str]] = set()
+        self._refusals: set[str] = set()
+        self._pending: dict[str, int] = {}  # accepted, not yet with MPyC: per remote host
         self._stopping = False
         self._stop_code = "e.p.mpyc.stopped"
         self._starting = False
@@ -350,15 +365,20 @@ class DidcommNetwork:
             if choose_path(self.roster, i, self.pid) is PathKind.RELAY
         }
         direct = {did: i for did, i in lower.items() if did not in relayed}
-        tasks: list[asyncio.Task[None]] = []
+        tasks: set[asyncio.Task[None]] = set()
+
+        def track(task: asyncio.Task[None]) -> None:
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
         for did, peer in relayed.items():
-            tasks.append(self._loop.create_task(self._accept_relayed(peer, did, protocol_factory)))
+            track(self._loop.create_task(self._accept_relayed(peer, did, protocol_factory)))
         if self.roster.mediator:
             # Direct links fall back to the relay when the address cannot be reached: wait
             # there too (until MPyC closes this server, once every link is up).
             for did, peer in direct.items():
                 task = self._accept_relayed(peer, did, protocol_factory, standby=True)
-                tasks.append(self._loop.create_task(task))
+                track(self._loop.create_task(task))
         listener = None
         if direct:
             own = self.roster.parties[self.pid].addr
@@ -367,8 +387,7 @@ class DidcommNetwork:
             def accept() -> SessionTransport:
                 link = self._new_link(None, PathKind.DIRECT)
                 link.path_info["path"] = "direct"
-                task = self._loop.create_task(self._accept(link, direct, protocol_factory))  # type: ignore[union-attr]
-                tasks.append(task)
+                track(self._loop.create_task(self._accept(link, direct, protocol_factory)))  # type: ignore[union-attr]
                 return link
 
             listener = await self._orig_create_server(accept, host=listen_host, port=port)
@@ -386,6 +405,7 @@ class DidcommNetwork:
             record_limit=limit,
             max_batch=self.max_batch,
             eager_bytes=self.eager_bytes,
+            handshake_limit=MAX_HANDSHAKE_ITEM,
         )
 
     def _handshake(
@@ -454,6 +474,27 @@ class DidcommNetwork:
     async def _accept(
         self, link: SessionTransport, lower: dict[str, int], factory: Callable[[], Any]
     ) -> None:
+        await link.connected()
+        remote = link.get_extra_info("peername")
+        host = str(remote[0]) if isinstance(remote, tuple) and remote else "?"
+        pending = self._pending
+        if sum(pending.values()) >= MAX_PENDING or pending.get(host, 0) >= MAX_PENDING_PER_HOST:
+            link.close()
+            self._refused(
+                f"didsession: too many connections waiting for a session (from {host}): closed one"
+            )
+            return
+        pending[host] = pending.get(host, 0) + 1
+        try:
+            await self._accept_session(link, lower, factory)
+        finally:
+            pending[host] -= 1
+            if not pending[host]:
+                del pending[host]
+
+    async def _accept_session(
+        self, link: SessionTransport, lower: dict[str, int], factory: Callable[[], Any]
+    ) -> None:
         senders: list[str] = []
 
         async def unpack(packed: bytes) -> tuple[bytes, str]:
@@ -463,7 +504,7 @@ class DidcommNetwork:
 
         hs = self._handshake(Role.RESPONDER, accept=set(lower))
         try:
-            await link.respond(hs, self._pack, unpack, HANDSHAKE_TIMEOUT)
+            await link.respond(hs, self._pack, unpack, REQUEST_TIMEOUT)
         except DidSessionError as exc:
             link.close()
             who = short_did(senders[0]) if senders else "an unknown party"
@@ -474,9 +515,9 @@ class DidcommNetwork:
                     else f"party {self.roster.index(senders[0])} connects to us only if "
                     "it is below us"
                 )
-                log.warning(f"didsession: refused a session from {who}: {why}")
+                self._refused(f"didsession: refused a session from {who}: {why}")
             else:
-                log.warning(f"didsession: a session from {who} failed: {exc.message}")
+                self._refused(f"didsession: a session from {who} failed: {exc.message}")
             return
         except asyncio.CancelledError:
             link.close()
@@ -698,6 +739,17 @@ class DidcommNetwork:
         """Wait for the exit (``stop`` was called): MPyC's ``start()`` must not go on."""
         await asyncio.sleep(STOP_GRACE + 60.0)
         raise SystemExit(1)
+
+    def _refused(self, message: str) -> None:
+        """Log a refused or failed incoming session: once per distinct message, and at most
+        :data:`MAX_REFUSAL_WARNINGS` of them."""
+        if message in self._refusals or len(self._refusals) > MAX_REFUSAL_WARNINGS:
+            return
+        self._refusals.add(message)
+        if len(self._refusals) <= MAX_REFUSAL_WARNINGS:
+            log.warning(message)
+        elif len(self._refusals) == MAX_REFUSAL_WARNINGS + 1:
+            log.warning("didsession: more refused sessions; they are not logged")
 
     def _warn(self, peer: int, message: str) -> None:
         key = (peer, message)

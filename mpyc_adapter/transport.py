@@ -78,6 +78,7 @@ from didsession.session.stream import MAX_PACKED_MESSAGE, PackFn, UnpackFn
 
 __all__ = [
     "DEFAULT_EAGER_BYTES",
+    "DEFAULT_EARLY_LIMIT",
     "DEFAULT_MAX_BATCH",
     "DEFAULT_RECORD_LIMIT",
     "LinkState",
@@ -90,6 +91,9 @@ __all__ = [
 DEFAULT_MAX_BATCH = 1024
 DEFAULT_EAGER_BYTES = 256
 DEFAULT_RECORD_LIMIT = (64 << 10) - 256
+# MPyC payloads held back until MPyC takes a link prepared ahead: a peer computes little
+# before every party is connected, so an honest one stays far below this.
+DEFAULT_EARLY_LIMIT = 64 << 20
 _U32 = struct.Struct(">I")
 _U16LE = struct.Struct("<H")
 
@@ -144,6 +148,9 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
             of the event-loop turn (see the module docstring).
         eager_bytes: a write at least this long is sealed at once, with the writes queued
             before it (0: every write is its own record, no coalescing).
+        handshake_limit: the largest handshake item (a packed DIDComm message) accepted.
+        early_limit: the most payload bytes held back between the agreement and MPyC
+            taking the link; a peer sending more fails the link.
     """
 
     def __init__(
@@ -154,6 +161,8 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
         record_limit: int = DEFAULT_RECORD_LIMIT,
         max_batch: int = DEFAULT_MAX_BATCH,
         eager_bytes: int = DEFAULT_EAGER_BYTES,
+        handshake_limit: int = MAX_PACKED_MESSAGE,
+        early_limit: int = DEFAULT_EARLY_LIMIT,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__()
@@ -171,7 +180,10 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
         self._lower_write: Callable[[bytes], None] = _not_connected
         self._lower_lost = False
         self._lower_error: BaseException | None = None
-        self._decoder = FrameDecoder(MAX_PACKED_MESSAGE, min_size=1)
+        self._decoder = FrameDecoder(handshake_limit, min_size=1)
+        # What may wait unread during the handshake: one item, and what follows the accept
+        # (the peer's program record, at most a record).
+        self._handshake_buffer = handshake_limit + DEFAULT_RECORD_LIMIT + OVERHEAD
         self._waiter: asyncio.Future[None] | None = None
         self._channel: Channel | None = None
         self._seal: Callable[[bytes], bytes] = _not_established
@@ -180,6 +192,8 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._agreement: asyncio.Future[bytes] = self._loop.create_future()
         self._early: list[bytes] = []
+        self._early_bytes = 0
+        self._early_limit = early_limit
         self._deliver: Callable[[bytes], None] = self._deliver_agreement
         self._app: asyncio.Protocol | None = None
         self._app_lost = False
@@ -197,11 +211,27 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._lower = transport
         self._lower_write = transport.write  # type: ignore[attr-defined]
+        if self._closing:  # closed before its path came up
+            transport.close()
+        self._wake()
+
+    async def connected(self) -> None:
+        """Wait until the path is up (an accepting side's link gets ``connection_made``
+        one loop callback after the listener made it)."""
+        while self._lower is None and not self._lower_lost:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
     def data_received(self, data: bytes) -> None:
         state = self.state
         if state is LinkState.HANDSHAKE:
             self._decoder.feed(data)
+            if self._decoder.buffered > self._handshake_buffer and self._lower is not None:
+                # More than a handshake needs: drop the connection (the reader sees it lost).
+                self._lower.abort()  # type: ignore[attr-defined]
             self._wake()
             return
         if state is LinkState.CLOSED or state is LinkState.FAILED or self._closing:
@@ -444,8 +474,19 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
     def _deliver_agreement(self, payload: bytes) -> None:
         if not self._agreement.done():
             self._agreement.set_result(payload)
-        else:
-            self._early.append(payload)
+            return
+        self._early_bytes += len(payload)
+        if self._early_bytes > self._early_limit:
+            self._early = []
+            self._fail(
+                RemoteProtocolError(
+                    f"{self.label} sent more than {self._early_limit:,} bytes before this "
+                    "party's MPyC took the link",
+                    code="e.p.mpyc.limit",
+                )
+            )
+            return
+        self._early.append(payload)
 
     # -- MPyC's side (asyncio.Transport) ----------------------------------------------------
 

@@ -359,6 +359,81 @@ def test_a_replayed_session_request_does_not_stop_a_party(parties: Parties, tmp_
     assert "ended before its peer proved it holds the session keys" in results[1].out
 
 
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _pid_running(marker: str) -> int:
+    """The process whose command line contains ``marker`` (only one may)."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    return int(proc.name)
+    raise AssertionError(f"no process with {marker!r}")
+
+
+def test_a_connection_flood_is_bounded_and_the_party_still_computes(
+    parties: Parties, tmp_path: Path
+) -> None:
+    """Before party 0 starts, 400 connections without keys hit party 1: half announce a
+    handshake item over the limit, half a valid length they never complete.  Party 1
+    closes all but a bounded number at once, its memory stays flat, its log stays short,
+    and once the flood is gone party 0 connects and both compute what TCP computes."""
+    expected = tcp("sums.py", ["20"], 2, tmp_path / "tcp")[0].lines
+    roster = parties.roster(2)
+    port = int(json.loads(roster.read_text())["parties"][1]["addr"].rsplit(":", 1)[1])
+    cmd = [PY, str(PROGRAMS / "sums.py"), "20", "--didcomm", str(roster)]
+
+    def flood_then_start_party_0() -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "party 1 never listened"
+                time.sleep(0.05)
+        pid = _pid_running(str(roster))
+        rss_before = _rss_kib(pid)
+        socks = []
+        try:
+            for i in range(400):
+                c = socket.create_connection(("127.0.0.1", port), timeout=5)
+                length = (1 << 18) if i % 2 else (32 << 10) - 1
+                c.sendall(struct.pack(">I", length) + bytes(16 << 10))
+                socks.append(c)
+            time.sleep(2.0)
+            closed = 0
+            for c in socks:
+                c.setblocking(False)
+                try:
+                    closed += c.recv(1) == b""
+                except BlockingIOError:
+                    pass  # still open, nothing to read
+                except ConnectionResetError:
+                    closed += 1
+            # The handshake cap (32 KiB) and the pending caps (16 from one address).
+            assert closed >= 400 - 16, closed
+            assert _rss_kib(pid) - rss_before < 20 << 10  # KiB: far below 400 x 16 KiB x 2
+        finally:
+            for c in socks:
+                c.close()
+        time.sleep(0.5)
+
+    results = run_parties(
+        [cmd, cmd], tmp_path / "run", homes=parties.homes[:2], before={0: flood_then_start_party_0}
+    )
+    ok(results)
+    assert all(r.lines == expected for r in results)
+    warnings = [ln for ln in results[1].out.splitlines() if "WARNING" in ln or "didsession:" in ln]
+    assert len(warnings) < 20, "\n".join(warnings)
+    assert "too many connections waiting for a session" in results[1].out
+
+
 def test_a_program_mismatch_stops_every_party(parties: Parties, tmp_path: Path) -> None:
     roster = parties.roster(3)
     cmds = [

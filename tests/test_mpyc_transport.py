@@ -98,7 +98,11 @@ Fatal = list[tuple[SessionTransport, DidSessionError]]
 
 
 async def linked(
-    *, record_limit: int = 1 << 24, max_batch: int = 1 << 20, eager_bytes: int = 1 << 30
+    *,
+    record_limit: int = 1 << 24,
+    max_batch: int = 1 << 20,
+    eager_bytes: int = 1 << 30,
+    early_limit: int = 1 << 26,
 ) -> tuple[SessionTransport, SessionTransport, Pipe, Pipe, Fatal]:
     """Two links after handshake and agreement: (initiator, responder, their pipes)."""
     fatal: Fatal = []
@@ -113,7 +117,9 @@ async def linked(
         max_batch=max_batch,
         eager_bytes=eager_bytes,
     )
-    b = SessionTransport(on_fatal=on_fatal, label="party 0", record_limit=record_limit)
+    b = SessionTransport(
+        on_fatal=on_fatal, label="party 0", record_limit=record_limit, early_limit=early_limit
+    )
     pa, pb = Pipe(), Pipe()
     pa.peer, pb.peer, pa.protocol, pb.protocol = pb, pa, a, b
     a.connection_made(pa)
@@ -121,10 +127,13 @@ async def linked(
     ih, rh = make_handshakes()
     await asyncio.gather(a.initiate(ih, *standin(ALICE)), b.respond(rh, *standin(BOB)))
     assert a.peer_did == BOB and b.peer_did == ALICE
+    # Keys agreed, but nothing came under them yet: a replayed request looks like this.
+    assert not a.peer_proven and not b.peer_proven
     a.send_now(b"record of A")
     b.send_now(b"record of B")
     assert await a.peer_agreement(5) == b"record of B"
     assert await b.peer_agreement(5) == b"record of A"
+    assert a.peer_proven and b.peer_proven
     return a, b, pa, pb, fatal
 
 
@@ -239,6 +248,26 @@ def test_a_party_claiming_another_id_is_refused() -> None:
         ]
         assert "claims to be party 2" in fatal[0][1].message
         assert b.state is LinkState.FAILED
+
+    asyncio.run(main())
+
+
+def test_what_is_held_back_before_mpyc_takes_the_link_is_bounded() -> None:
+    """A peer that sends more than ``early_limit`` bytes before this side's MPyC takes the
+    link fails it (and hears why), instead of filling memory."""
+
+    async def main() -> None:
+        a, b, _, _, fatal = await linked(early_limit=2500)
+        a.attach(App())
+        for pc in range(2):
+            a.write(frame(pc, bytes(1000)))
+            await turns()
+        assert b.state is LinkState.AGREEMENT  # 2 x 1012 bytes: still held back
+        a.write(frame(2, bytes(1000)))
+        await turns()
+        assert b.state is LinkState.FAILED
+        assert [(link, exc.code) for link, exc in fatal] == [(a, "e.p.mpyc.limit")]
+        assert "party 1 closed the session: e.p.mpyc.limit" in fatal[0][1].message
 
     asyncio.run(main())
 
