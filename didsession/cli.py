@@ -804,7 +804,12 @@ def cmd_roster(args: argparse.Namespace) -> int:
             relay_only=args.relay_only,
         )
         roster.save(args.output)
-        print(f"wrote {args.output}: {len(roster)} parties, fingerprint {roster.fingerprint[:16]}")
+        if args.json:
+            _print_json(dict(roster.to_json(), fingerprint=roster.fingerprint, file=args.output))
+        else:
+            print(
+                f"wrote {args.output}: {len(roster)} parties, fingerprint {roster.fingerprint[:16]}"
+            )
         return 0
     roster = load_roster(args.roster)
     if args.json:
@@ -1034,11 +1039,12 @@ def build_parser() -> argparse.ArgumentParser:
         "make or show an MPyC roster (the parties' DIDs in party order)",
         "A roster lists the DIDs of an MPyC computation's parties in party order; every "
         "party runs its program with '--didcomm roster.json'.",
+        parents=(),
     )
     rsub = p.add_subparsers(dest="roster_command", metavar="ACTION", required=True)
     rp = rsub.add_parser(
         "make",
-        parents=[common],
+        parents=[plain],
         help="build a roster from the parties' invitations, in party order",
         description="Build a roster from invitations (URLs, JSON or files; - for stdin), "
         "one per party, in party order.",
@@ -1053,7 +1059,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--mediator", metavar="URL_OR_DID", help="mediator whose relay to use")
     rp.add_argument("--relay-only", action="store_true", help="carry every link via the relay")
-    rp = rsub.add_parser("show", parents=[common], help="show a roster")
+    rp = rsub.add_parser("show", parents=[plain], help="show a roster")
     rp.add_argument("roster", metavar="FILE")
 
     p = add("unpack", cmd_unpack, "decrypt a DIDComm v2 message sent to one of your identities")

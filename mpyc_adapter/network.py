@@ -390,7 +390,17 @@ class DidcommNetwork:
                 track(self._loop.create_task(self._accept(link, direct, protocol_factory)))  # type: ignore[union-attr]
                 return link
 
-            listener = await self._orig_create_server(accept, host=listen_host, port=port)
+            try:
+                listener = await self._orig_create_server(accept, host=listen_host, port=port)
+            except OSError as exc:
+                for pending_task in list(tasks):
+                    pending_task.cancel()
+                where = format_addr((listen_host, int(port))) if listen_host else f"port {port}"
+                self.stop(
+                    f"cannot listen on {where} (this party's address in the roster): "
+                    f"{exc.strerror or exc}"
+                )
+                await self._halted()
             log.debug(f"didsession: listening on {listen_host or '*'}:{port}")
         return _Server(listener, tasks)
 

@@ -102,6 +102,8 @@ class Roster:
 
     def __post_init__(self) -> None:
         _check_parties(self.parties)
+        if self.mediator is not None:
+            _check_mediator(self.mediator)
         if self.relay_only and not self.mediator:
             raise ConfigError("roster: relay_only needs a mediator")
 
@@ -224,6 +226,33 @@ def _check_parties(parties: Sequence[Party]) -> None:
             _check_keys(party.did)
         except DIDError as exc:
             raise ConfigError(f"roster: party {i}'s DID cannot be used: {exc.message}") from None
+    listening: dict[tuple[str, int], int] = {}
+    for i, party in enumerate(parties):
+        if party.addr is None:
+            continue
+        key = (party.addr[0].lower(), party.addr[1])
+        if key in listening:
+            raise ConfigError(
+                f"roster: parties {listening[key]} and {i} have the same address "
+                f"{format_addr(party.addr)}; each party listens on its own"
+            )
+        listening[key] = i
+
+
+def _check_mediator(text: str) -> None:
+    """ConfigError unless ``text`` has the form of a mediator: a URL, an invitation URL or
+    JSON, or a DID (what the relay client accepts; whether it answers is seen at run time)."""
+    t = text.strip()
+    if not t:
+        raise ConfigError("roster: 'mediator' is empty (leave it out, or give a URL or DID)")
+    if t.startswith("did:") or "_oob=" in t or t.startswith("{"):
+        return
+    if t.startswith(("http://", "https://", "ws://", "wss://")) and len(t.split("//", 1)[1]) > 0:
+        return
+    raise ConfigError(
+        f"roster: 'mediator' {t[:60]!r} is not a mediator URL, invitation or DID (use "
+        "http(s)://HOST:PORT, an invitation URL with _oob=, or did:)"
+    )
 
 
 def _check_keys(did: str) -> None:

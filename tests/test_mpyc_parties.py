@@ -434,6 +434,30 @@ def test_a_connection_flood_is_bounded_and_the_party_still_computes(
     assert "too many connections waiting for a session" in results[1].out
 
 
+def test_a_party_that_cannot_listen_stops_with_a_clear_error(
+    parties: Parties, tmp_path: Path
+) -> None:
+    """Party 1's roster address is taken by another program: party 1 says so in one line
+    and exits 1 (no traceback)."""
+    roster = parties.roster(2)
+    port = int(json.loads(roster.read_text())["parties"][1]["addr"].rsplit(":", 1)[1])
+    cmd = [PY, str(PROGRAMS / "sums.py"), "5", "--didcomm", str(roster)]
+    with socket.create_server(("127.0.0.1", port)):
+        results = run_parties(
+            [cmd, cmd],
+            tmp_path,
+            homes=parties.homes[:2],
+            done=lambda ps: ps[1].poll() is not None,
+            timeout=60,
+        )
+    assert results[1].code == 1
+    assert results[1].err.startswith(
+        f"didsession: error: party 1: cannot listen on 127.0.0.1:{port} (this party's "
+        "address in the roster): "
+    )
+    assert "Traceback" not in results[1].err + results[1].out
+
+
 def test_a_program_mismatch_stops_every_party(parties: Parties, tmp_path: Path) -> None:
     roster = parties.roster(3)
     cmds = [

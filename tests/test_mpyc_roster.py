@@ -85,6 +85,12 @@ def test_unknown_members_are_ignored(dids: list[str]) -> None:
         (lambda d: d.update(relay_only="yes"), "'relay_only' must be true or false"),
         (lambda d: d.update(relay_only=True), "relay_only needs a mediator"),
         (lambda d: d.update(mediator=3), "'mediator' must be"),
+        (lambda d: d.update(mediator="not a url"), "is not a mediator URL, invitation or DID"),
+        (lambda d: d.update(mediator="http://"), "is not a mediator URL"),
+        (
+            lambda d: [d["parties"][i].update(addr="127.0.0.1:7000") for i in (0, 2)],
+            "parties 0 and 2 have the same address 127.0.0.1:7000",
+        ),
     ],
 )
 def test_bad_rosters_are_refused_with_what_is_wrong(
@@ -119,8 +125,10 @@ def test_paths_follow_the_roster(dids: list[str]) -> None:
     assert choose_path(with_mediator, 0, 1) is PathKind.RELAY  # party 1 has no address
     assert choose_path(with_mediator, 1, 2) is PathKind.RELAY
     parties = (Party(dids[0]), Party(dids[1], addr=("127.0.0.1", 2)))
-    assert choose_path(Roster(parties, mediator="m"), 0, 1) is PathKind.DIRECT
-    assert choose_path(Roster(parties, mediator="m", relay_only=True), 0, 1) is PathKind.RELAY
+    assert choose_path(Roster(parties, mediator="http://m"), 0, 1) is PathKind.DIRECT
+    assert (
+        choose_path(Roster(parties, mediator="http://m", relay_only=True), 0, 1) is PathKind.RELAY
+    )
 
 
 def test_this_party_is_the_identity_in_the_roster(tmp_path: Path) -> None:
@@ -164,6 +172,17 @@ def test_roster_from_invitations_and_the_cli(
     assert as_json["fingerprint"] == load_roster(out).fingerprint
     bad = cli("roster", "make", "-o", str(out), urls[0], urls[0], check=False)
     assert bad.returncode == 1 and "have the same DID" in bad.stderr
+    # What every reader would refuse is not written in the first place.
+    for extra in (["--mediator", ""], ["--mediator", "nowhere"], ["--addr", "h:1"] * 2):
+        bad = cli("roster", "make", "-o", str(tmp_path / "x.json"), *urls, *extra, check=False)
+        assert bad.returncode == 1 and bad.stderr.startswith("didsession: error: roster:")
+        assert not (tmp_path / "x.json").exists()
+    made_json = json.loads(
+        cli("roster", "make", "--json", "-o", str(tmp_path / "j.json"), *urls).stdout
+    )
+    assert made_json["fingerprint"] == load_roster(tmp_path / "j.json").fingerprint
+    assert made_json["file"] == str(tmp_path / "j.json") and len(made_json["parties"]) == 2
+    assert "--passphrase-file" not in cli("roster", "make", "--help").stdout
     bad = cli("roster", "make", "-o", str(out), "not-an-invitation", check=False)
     assert bad.returncode == 1 and "invitation 1" in bad.stderr
 
