@@ -12,7 +12,9 @@ itself), but every party gets a fresh identity and every link is a real session:
    (their output goes where MPyC sends it: nowhere, or ``party{m}_{i}.log`` with
    ``--output-file``; their errors to this terminal);
 4. this process continues as party 0.  When it exits it waits briefly for the others,
-   stops what is still running, and removes the directory.
+   stops what is still running, and removes the directory (which holds the parties'
+   keys).  Stopped by a signal (SIGTERM, SIGHUP, SIGINT) or by an error, it does not wait:
+   it stops the others at once, then cleans up the same way.
 """
 
 from __future__ import annotations
@@ -100,9 +102,33 @@ class LocalParties:
         self.children: list[subprocess.Popen[bytes]] = []
         self.mediator: Any = None
         self.logs: list[IO[bytes]] = []
+        self.aborted = False  # a signal or an uncaught error ended party 0
+
+    def watch(self) -> None:
+        """Mark an exit by signal or uncaught error (cleanup then does not wait for the
+        others): SIGTERM and SIGHUP become SystemExit, so ``atexit`` runs at all."""
+
+        def on_signal(signum: int, frame: Any) -> None:
+            self.aborted = True
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            name = signal.Signals(signum).name
+            print(f"didsession: {name}: stopping the local parties", file=sys.stderr, flush=True)
+            raise SystemExit(128 + signum)
+
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
+                signal.signal(sig, on_signal)
+        hook = sys.excepthook
+
+        def excepthook(*exc_info: Any) -> None:
+            self.aborted = True
+            hook(*exc_info)
+
+        sys.excepthook = excepthook
 
     def cleanup(self) -> None:
-        deadline = time.monotonic() + GRACE
+        deadline = time.monotonic() + (0.0 if self.aborted else GRACE)
         for child in self.children:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(max(0.1, deadline - time.monotonic()))
@@ -134,6 +160,7 @@ def launch_local(options: argparse.Namespace) -> PartyPlan:
     ours, rest = our_options(sys.argv[1:])
     root = Path(tempfile.mkdtemp(prefix="didsession-mpyc-"))
     local = LocalParties(root)
+    local.watch()
     atexit.register(local.cleanup)
     roster_path = root / "roster.json"
     if ours.didcomm_relay:  # it starts while everything else does

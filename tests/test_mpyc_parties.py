@@ -499,6 +499,43 @@ def test_local_mode_and_module_entry(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("didsession-mpyc-*"))
 
 
+def test_local_mode_stopped_by_sigterm_cleans_up(tmp_path: Path) -> None:
+    """SIGTERM to party 0 of ``-M3 --didcomm --didcomm-relay`` while it computes: it stops
+    the other parties and the embedded mediator at once and removes the directory with
+    the parties' keys (atexit alone never runs on SIGTERM)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    cmd = [PY, str(PROGRAMS / "sums.py"), "3000", "-M3", "--didcomm", "--didcomm-relay"]
+    with (tmp_path / "out").open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, TMPDIR=str(tmp)),
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not list(tmp.glob("*/roster.json")):
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+            (made,) = list(tmp.iterdir())
+            time.sleep(1.5)  # computing now
+            assert proc.poll() is None
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(15) == 128 + signal.SIGTERM
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    output = (tmp_path / "out").read_text(errors="replace")
+    assert "didsession: SIGTERM: stopping the local parties" in output
+    assert "Traceback" not in output
+    assert list(tmp.iterdir()) == []
+    left = subprocess.run(["pgrep", "-f", str(made)], capture_output=True, text=True)
+    assert left.stdout.strip() == "", f"left running: {left.stdout}"
+
+
 def test_help_lists_didcomm_and_bad_options_fail_early(tmp_path: Path) -> None:
     prog = str(PROGRAMS / "sums.py")
     help_ = subprocess.run([PY, prog, "-H"], capture_output=True, timeout=60)
