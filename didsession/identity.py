@@ -300,9 +300,13 @@ class Store:
     ) -> tuple[bytes, bytes]:
         try:
             doc = json.loads(blob)
+            if not isinstance(doc, dict):
+                raise TypeError("not a JSON object")
             if "keys" in doc:
                 keys = doc["keys"]
             else:
+                if not {"kdf", "nonce", "ciphertext"} <= doc.keys():
+                    raise KeyError("neither keys nor an encrypted key document")
                 if passphrase is None:
                     raise IdentityError(
                         f"identity {ident.name!r} is passphrase-protected: give the passphrase "

@@ -683,8 +683,8 @@ class DidcommNetwork:
             who, _, keys = code.removeprefix("e.p.mpyc.program.p").partition(":")
             what = ", ".join(KEY_NAMES.get(k, k) for k in keys.split(",") if k)
             self.stop(
-                f"{link.label} stopped: it reports that party {who} runs a different "
-                f"program ({what} differ). Nothing was computed.",
+                f"{link.label} stopped: it found that party {who} runs a different "
+                f"program from its own ({what} differ). Nothing was computed.",
                 code=code,
             )
         elif code == "e.p.mpyc.program":

@@ -102,9 +102,11 @@ def test_duplicate_and_missing(tmp_path: Path) -> None:
 def test_corrupt_files_give_typed_errors(tmp_path: Path) -> None:
     store = Store(tmp_path)
     store.create("alice")
-    (tmp_path / "identities" / "alice" / "secret.json").write_text("{not json")
-    with pytest.raises(IdentityError, match="corrupt"):
-        store.load("alice")
+    for junk in ("{not json", '{"x": 1}', "[]", '"keys"'):
+        # Not mistaken for a passphrase-protected file (which would ask for a passphrase).
+        (tmp_path / "identities" / "alice" / "secret.json").write_text(junk)
+        with pytest.raises(IdentityError, match="key file of identity 'alice' is corrupt"):
+            store.load("alice")
     (tmp_path / "identities" / "alice" / "identity.json").write_text("[]")
     with pytest.raises(IdentityError):
         store.load("alice")
