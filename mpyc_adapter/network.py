@@ -106,6 +106,8 @@ CONNECT_TIMEOUT = 3.0
 # before MPyC hears of it (MPyC then retries every 0.1 s, as it always does).
 REFUSED_POLL = 0.005
 REFUSED_PATIENCE = 1.0
+# After this long without reaching a party directly, say once that we wait for it.
+WAIT_NOTICE = 10.0
 # How long a party that stops during start() goes on telling the others why.
 STOP_GRACE = 2.0
 RELAY_WAIT = 60.0
@@ -171,6 +173,7 @@ class DidcommNetwork:
         self._ahead: dict[int, asyncio.Task[SessionTransport]] = {}
         self._ahead_started = False
         self._warned: set[tuple[int, str]] = set()
+        self._unreached: dict[int, float] = {}  # peer -> when a direct connect first failed
         self._refusals: set[str] = set()
         self._pending: dict[str, int] = {}  # accepted, not yet with MPyC: per remote host
         self._stopping = False
@@ -337,9 +340,12 @@ class DidcommNetwork:
                         raise
                     await asyncio.sleep(REFUSED_POLL)
         except ConnectionRefusedError:
+            self._waiting(peer, host, port, "nothing listens there yet")
             raise
         except (OSError, TimeoutError) as exc:
             if not self.roster.mediator:
+                why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+                self._waiting(peer, host, port, why)
                 raise
             why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             log.warning(
@@ -350,8 +356,21 @@ class DidcommNetwork:
             link = self._new_link(peer, PathKind.RELAY)
             await self._relay(link, peer)
             return link
+        self._unreached.pop(peer, None)
         link.path_info["path"] = "direct"
         return link
+
+    def _waiting(self, peer: int, host: Any, port: Any, why: str) -> None:
+        """A direct connect failed and MPyC will try again: after :data:`WAIT_NOTICE`,
+        say once what we are waiting for (plain MPyC waits silently)."""
+        now = time.monotonic()
+        since = self._unreached.setdefault(peer, now)
+        if now - since >= WAIT_NOTICE:
+            self._warn(
+                peer,
+                f"still waiting for {self.party_label(peer)} at {host}:{port} ({why}); "
+                "MPyC keeps trying",
+            )
 
     async def create_server(
         self, protocol_factory: Callable[[], Any], host: Any = None, port: Any = None, **kw: Any
