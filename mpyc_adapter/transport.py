@@ -219,11 +219,7 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
         """Wait until the path is up (an accepting side's link gets ``connection_made``
         one loop callback after the listener made it)."""
         while self._lower is None and not self._lower_lost:
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self._wait()
 
     def data_received(self, data: bytes) -> None:
         state = self.state
@@ -322,6 +318,14 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    async def _wait(self) -> None:
+        """Until the next :meth:`_wake` (bytes, a connection made or lost)."""
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
     async def _read_item(self) -> bytes:
         while (item := self._decoder.next_frame()) is None:
             if self._lower_lost:
@@ -329,11 +333,7 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
                     f"{self.label} closed the connection during the handshake",
                     code="e.p.msg.session.truncated",
                 )
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self._wait()
         return item[4:]
 
     def _write_item(self, packed: bytes) -> None:

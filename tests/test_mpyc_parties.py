@@ -322,6 +322,17 @@ def _capture_request(port: int, cmd: Sequence[str], home: Path, tmp: Path) -> by
     return buf[: 4 + struct.unpack(">I", buf[:4])[0]]
 
 
+def _connect_when_listening(port: int) -> socket.socket:
+    """A connection to 127.0.0.1:``port`` once a party listens there (within 30 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=5)
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline, f"nothing listened on port {port}"
+            time.sleep(0.05)
+
+
 def test_a_replayed_session_request_does_not_stop_a_party(parties: Parties, tmp_path: Path) -> None:
     """An outsider who recorded party 0's session request in an earlier run replays it to
     party 1 and hangs up.  It authenticates as party 0, but nobody can compute its keys
@@ -334,15 +345,7 @@ def test_a_replayed_session_request_does_not_stop_a_party(parties: Parties, tmp_
     request = _capture_request(port, cmd, parties.homes[0], tmp_path / "capture")
 
     def replay_then_start_party_0() -> None:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                conn = socket.create_connection(("127.0.0.1", port), timeout=5)
-                break
-            except ConnectionRefusedError:
-                assert time.monotonic() < deadline, "party 1 never listened"
-                time.sleep(0.05)
-        with conn:
+        with _connect_when_listening(port) as conn:
             conn.sendall(request)
             # Party 1 answers (accept, then its sealed program record), then we hang up.
             assert conn.recv(65536), "party 1 did not answer the replayed request"
@@ -389,14 +392,7 @@ def test_a_connection_flood_is_bounded_and_the_party_still_computes(
     cmd = [PY, str(PROGRAMS / "sums.py"), "20", "--didcomm", str(roster)]
 
     def flood_then_start_party_0() -> None:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=5).close()
-                break
-            except ConnectionRefusedError:
-                assert time.monotonic() < deadline, "party 1 never listened"
-                time.sleep(0.05)
+        _connect_when_listening(port).close()
         pid = _pid_running(str(roster))
         rss_before = _rss_kib(pid)
         socks = []
