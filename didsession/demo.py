@@ -155,6 +155,15 @@ def _link_rows(report: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in report.read_text().splitlines() if line.strip()]
 
 
+def _totals(rows: list[dict[str, Any]]) -> tuple[int, int, int]:
+    """MPyC messages, sealed records and session overhead in bytes, over all links."""
+    return (
+        sum(row["messages"] for row in rows),
+        sum(row["records"] for row in rows),
+        sum(row["wire_bytes"] - row["payload_bytes"] for row in rows),
+    )
+
+
 def _links_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         f"    {'link':16} {'path':7} {'messages':>9} {'records':>8} {'per record':>10} "
@@ -166,8 +175,7 @@ def _links_table(rows: list[dict[str, Any]]) -> list[str]:
             f"    {a + ' -> ' + b:16} {row['path']:7} {row['messages']:9,} {row['records']:8,} "
             f"{row['messages_per_record']:10.1f} {row['overhead_per_message']:15.2f} B"
         )
-    total_msgs = sum(row["messages"] for row in rows)
-    total_over = sum(row["wire_bytes"] - row["payload_bytes"] for row in rows)
+    total_msgs, _, total_over = _totals(rows)
     if total_msgs:
         lines.append(
             f"    all links: {total_msgs:,} MPyC messages, {total_over / total_msgs:.2f} bytes "
@@ -296,8 +304,7 @@ def _demo(keep: bool, verbose: bool, summary: dict[str, Any]) -> int:
         rows = _link_rows(report)
         print("\n    links (each party's view of what it sent; path: where the link ended up):")
         print("\n".join(_links_table(rows)))
-        messages = sum(row["messages"] for row in rows)
-        records = sum(row["records"] for row in rows)
+        messages, records, overhead = _totals(rows)
         per_record = messages / records if records else 0.0
         print(
             f"    (this program waits for most answers, so a record carries few messages: "
@@ -311,11 +318,7 @@ def _demo(keep: bool, verbose: bool, summary: dict[str, Any]) -> int:
             links=rows,
             messages=messages,
             records=records,
-            overhead_per_message=round(
-                sum(row["wire_bytes"] - row["payload_bytes"] for row in rows) / messages, 2
-            )
-            if messages
-            else None,
+            overhead_per_message=round(overhead / messages, 2) if messages else None,
         )
 
         print("\n== 5. A party that runs another program is refused before anything is computed")

@@ -266,11 +266,8 @@ class DidcommNetwork:
             await link.initiate(hs, self._pack, self._unpack, HANDSHAKE_TIMEOUT)
             self._upgrade(link, hs)
             agreed = await self._agree(link, peer)
-            if agreed is _Agreement.UNPROVEN:
-                raise RemoteProtocolError(
-                    "the link ended before the program agreement",
-                    code="e.p.msg.session.truncated",
-                )
+            if agreed is _Agreement.UNPROVEN:  # _agree warned; MPyC connects again
+                raise ConnectionError("the link ended before the program agreement")
         except DidSessionError as exc:
             if link is not None:
                 link.close()
