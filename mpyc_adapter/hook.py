@@ -32,6 +32,7 @@ import argparse
 import functools
 import gc
 import importlib.machinery
+import itertools
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -107,6 +108,15 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
         ):
             out[i] = "--didcomm="
     return out
+
+
+def _taken_as_argument(argv: Sequence[str]) -> str | None:
+    """What :func:`normalize_argv` left to the program after a bare ``--didcomm`` (the
+    roster a person may have meant), or None."""
+    for arg, nxt in itertools.pairwise(argv):
+        if arg == "--didcomm" and normalize_argv([arg, nxt])[0] != arg:
+            return nxt
+    return None
 
 
 def our_options(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -218,18 +228,21 @@ def _before_runtime() -> Any:
 
     mpyc = sys.modules["mpyc"]
     _patch_parser(mpyc)
+    taken = _taken_as_argument(sys.argv[1:])
     sys.argv[1:] = normalize_argv(sys.argv[1:])
     options = mpyc._get_arg_parser().parse_known_args(sys.argv[1:])[0]
     if options.didcomm is None or options.HELP or options.VERSION:
         return None
     try:
-        return _plan(options)
+        return _plan(options, taken)
     except DidSessionError as exc:
         _fail(exc.message)
     return None
 
 
-def _plan(options: argparse.Namespace) -> Any:
+def _plan(options: argparse.Namespace, taken: str | None = None) -> Any:
+    """This party's plan from the parsed options; ``taken`` is the word after a bare
+    ``--didcomm`` that is not a roster file (see :func:`_taken_as_argument`)."""
     from didsession.errors import ConfigError
     from mpyc_adapter.party import PartyPlan, load_identity
     from mpyc_adapter.roster import load_roster
@@ -242,6 +255,11 @@ def _plan(options: argparse.Namespace) -> Any:
             "authenticate every link"
         )
     if options.didcomm == LOCAL:
+        if not options.M and taken is not None:
+            raise ConfigError(
+                f"--didcomm {taken}: no such roster file (a roster is a .json file, made "
+                "with 'didsession roster make'); to run m local parties instead, give -M m"
+            )
         if not options.M:
             raise ConfigError(
                 "--didcomm needs a roster (--didcomm roster.json), or -M m to run m local parties"
@@ -250,6 +268,12 @@ def _plan(options: argparse.Namespace) -> Any:
             raise ConfigError(
                 "-M m --didcomm without a roster starts all m parties itself; "
                 "to run one party, give --didcomm ROSTER -I i"
+            )
+        if options.didcomm_home or options.didcomm_identity:
+            raise ConfigError(
+                "--didcomm-home and --didcomm-identity choose this party's identity in a "
+                "roster; local mode (-M m --didcomm without a roster) makes fresh "
+                "identities for its parties"
             )
         from mpyc_adapter.launcher import launch_local
 

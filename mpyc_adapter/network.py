@@ -37,10 +37,12 @@ the party goes on waiting (accepting side) or MPyC connects again (connecting si
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -48,7 +50,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from didsession.errors import DidSessionError, ProtocolError, RemoteProtocolError
+from didsession.errors import (
+    DidSessionError,
+    EnvelopeError,
+    FrameError,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from didsession.peer import HandshakeCodec
 from didsession.session import PROTOCOL_VERSION, Handshake, Role, SessionConfig
 from mpyc_adapter.agreement import (
@@ -119,6 +127,14 @@ DIRECT_ENV = "DIDSESSION_MPYC_DIRECT"
 # How long a link that started on the relay tries its peer's candidates for a direct path.
 DIAL_TIMEOUT = 10.0
 # Refusals a retry cannot fix (spec/session.md §10): stop instead of retrying forever.
+# Why a party left with its links open (``_at_exit``): ``e.p.mpyc.<why>.p<party>``, and
+# how its peers say it.
+_LEFT = re.compile(r"e\.p\.mpyc\.(interrupted|crashed|exited)\.p(\d+)")
+_LEFT_PHRASES = {
+    "interrupted": "was interrupted (Ctrl-C)",
+    "crashed": "stopped on an error (its own output says which)",
+    "exited": "exited before the computation ended",
+}
 _FATAL_REFUSALS = ("e.p.msg.session.unauthorized", "e.p.mpyc")
 
 
@@ -147,6 +163,18 @@ class _Server:
     async def wait_closed(self) -> None:
         if self._listener is not None:
             await self._listener.wait_closed()
+
+
+def _stranger_hint(link: SessionTransport, exc: DidSessionError, host: Any, port: Any) -> str:
+    """For a handshake that failed on a direct path: a hint that something other than the
+    party may listen at its address (what a person would check first)."""
+    if link.path_info.get("path") != "direct":
+        return ""
+    if isinstance(exc, (FrameError, EnvelopeError)):
+        return f" (what answers at {host}:{port} does not speak the session protocol: is another program using that address?)"
+    if exc.code == "e.p.msg.session.timeout":
+        return f" (is a didsession party listening at {host}:{port}?)"
+    return ""
 
 
 class DidcommNetwork:
@@ -190,6 +218,7 @@ class DidcommNetwork:
         self._board_timer: asyncio.TimerHandle | None = None
         self.max_batch = int(os.environ.get(BATCH_ENV) or DEFAULT_MAX_BATCH)
         self.eager_bytes = int(os.environ.get(EAGER_ENV) or DEFAULT_EAGER_BYTES)
+        atexit.register(self._at_exit)
 
     # -- what MPyC's start() calls -----------------------------------------------------------
 
@@ -269,12 +298,15 @@ class DidcommNetwork:
             if agreed is _Agreement.UNPROVEN:  # _agree warned; MPyC connects again
                 raise ConnectionError("the link ended before the program agreement")
         except DidSessionError as exc:
+            why = exc.message
             if link is not None:
+                if link.state is LinkState.HANDSHAKE:
+                    why += _stranger_hint(link, exc, host, port)
                 link.close()
             if isinstance(exc, RemoteProtocolError) and exc.code.startswith(_FATAL_REFUSALS):
                 self.stop(f"{exc.message} (is our roster the same as party {peer}'s?)")
                 await self._halted()
-            self._warn(peer, f"session with {label} failed: {exc.message}; retrying")
+            self._warn(peer, f"session with {label} failed: {why}; retrying")
             raise ConnectionError(exc.message) from None
         except BaseException:
             if link is not None:
@@ -705,6 +737,12 @@ class DidcommNetwork:
             )
         elif code == "e.p.mpyc.program":
             self.stop(f"{link.label} runs a different program (it said so)", code=code)
+        elif left := _LEFT.fullmatch(code):
+            phrase, gone = _LEFT_PHRASES[left[1]], int(left[2])
+            if 0 <= gone < len(self.roster) and self.party_label(gone) == link.label:
+                self.stop(f"{link.label} {phrase}; stopping too", code=code)
+            else:
+                self.stop(f"{link.label} stopped: party {gone} {phrase}", code=code)
         else:
             self.stop(f"{link.label} stopped ({code}); stopping too", code=code)
 
@@ -732,6 +770,28 @@ class DidcommNetwork:
             self._tasks.add(loop.create_task(self._tell_and_exit(told)))
         else:
             loop.call_soon(_exit)
+
+    def _at_exit(self) -> None:
+        """The process exits with links still open (Ctrl-C, an uncaught error, a program
+        that never calls ``shutdown()``): CLOSE each with why, so that the peers stop
+        saying so instead of blaming a broken connection.  Best effort: the event loop no
+        longer runs, so only what the path writes at once (a TCP socket) gets out."""
+        if self._stopping:
+            return
+        kind = getattr(sys, "last_type", None)  # set by an uncaught exception
+        why = (
+            "interrupted"
+            if isinstance(kind, type) and issubclass(kind, KeyboardInterrupt)
+            else "crashed"
+            if kind is not None
+            else "exited"
+        )
+        code = f"e.p.mpyc.{why}.p{self.pid}"
+        for link in list(self.links.values()):
+            if link.state is LinkState.OPEN and not link.is_closing():
+                link.path_info["stopping"] = True
+                with contextlib.suppress(Exception):
+                    link.fail(RemoteProtocolError(why, code=code))
 
     async def _tell_and_exit(self, told: set[int]) -> None:
         loop = asyncio.get_running_loop()

@@ -362,6 +362,81 @@ def test_a_replayed_session_request_does_not_stop_a_party(parties: Parties, tmp_
     assert "ended before its peer proved it holds the session keys" in results[1].out
 
 
+def test_another_program_at_a_party_address_is_named(parties: Parties, tmp_path: Path) -> None:
+    """An SSH server (say) listens where the roster puts party 1: party 0's warning says
+    that what answers there does not speak the session protocol, at which address."""
+    roster = parties.roster(2)
+    port = int(json.loads(roster.read_text())["parties"][1]["addr"].rsplit(":", 1)[1])
+    cmd = [PY, str(PROGRAMS / "sums.py"), "5", "--didcomm", str(roster)]
+    hint = f"what answers at 127.0.0.1:{port} does not speak the session protocol"
+    with socket.create_server(("127.0.0.1", port)) as server:
+        server.settimeout(0.2)
+
+        def answered(procs: list[subprocess.Popen[bytes]]) -> bool:
+            with contextlib.suppress(TimeoutError), server.accept()[0] as conn:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+            return hint in (tmp_path / "p0.out").read_text()
+
+        results = run_parties([cmd], tmp_path, homes=parties.homes[:1], done=answered, timeout=30)
+    assert results[0].code is None  # still waiting for party 1, as MPyC does
+    assert "didsession: session with party 1 (p1) failed: frame length" in results[0].out
+    assert hint in results[0].out
+    assert "Traceback" not in results[0].out + results[0].err
+
+
+def _kill_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def _default_sigint() -> None:
+    # A shell's background job ignores SIGINT, and a Python started so never raises
+    # KeyboardInterrupt: give the party what a terminal gives it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_an_interrupted_party_tells_the_others_why(parties: Parties, tmp_path: Path) -> None:
+    """Ctrl-C in party 0's terminal while the three compute: parties 1 and 2 stop saying
+    that party 0 was interrupted, not that their connection broke (party 0's exit sends a
+    CLOSE with the reason on each open link)."""
+    roster = parties.roster(3)
+    cmd = [PY, str(PROGRAMS / "sums.py"), "100000", "--didcomm", str(roster)]
+    procs: list[subprocess.Popen[bytes]] = []
+    with contextlib.ExitStack() as files:
+        files.callback(_kill_all, procs)  # whatever happens
+        for i in (2, 1, 0):
+            procs.append(
+                subprocess.Popen(
+                    cmd,
+                    stdout=files.enter_context((tmp_path / f"p{i}.out").open("wb")),
+                    stderr=files.enter_context((tmp_path / f"p{i}.err").open("wb")),
+                    env=dict(os.environ, DIDSESSION_HOME=str(parties.homes[i])),
+                    cwd=tmp_path,
+                    start_new_session=True,  # the signal reaches party 0 alone
+                    preexec_fn=_default_sigint,
+                )
+            )
+        party0 = procs[-1]
+        deadline = time.monotonic() + 60
+        while " parties connected." not in (tmp_path / "p0.out").read_text():
+            assert party0.poll() is None and time.monotonic() < deadline, _tails(tmp_path, 3)
+            time.sleep(0.05)
+        time.sleep(0.5)  # computing now
+        party0.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait(30)
+    assert party0.returncode == -signal.SIGINT  # Python's own exit on KeyboardInterrupt
+    for i in (1, 2):
+        err = (tmp_path / f"p{i}.err").read_text()
+        assert procs[2 - i].returncode == 1, err
+        assert "party 0 (p0) was interrupted (Ctrl-C)" in err or (
+            "stopped: party 0 was interrupted (Ctrl-C)" in err
+        ), err
+        assert "broke" not in err and "Traceback" not in err
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -539,6 +614,9 @@ def test_help_lists_didcomm_and_bad_options_fail_early(tmp_path: Path) -> None:
     for args, message in (
         (["--didcomm", "missing.json"], "cannot read roster"),
         (["--didcomm"], "or -M m to run m local parties"),
+        (["--didcomm", "myroster"], "--didcomm myroster: no such roster file"),
+        (["-M3", "--didcomm", "--didcomm-home", "h"], "local mode (-M m --didcomm without"),
+        (["-M3", "--didcomm", "--didcomm-identity", "a"], "makes fresh identities"),
         (["--didcomm", "r.json", "--ssl"], "exclude each other"),
         (["-M3", "-I", "1", "--didcomm"], "starts all m parties itself"),
     ):
