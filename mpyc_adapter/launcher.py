@@ -13,8 +13,10 @@ itself), but every party gets a fresh identity and every link is a real session:
    ``--output-file``; their errors to this terminal);
 4. this process continues as party 0.  When it exits it waits briefly for the others,
    stops what is still running, and removes the directory (which holds the parties'
-   keys).  Stopped by a signal (SIGTERM, SIGHUP, SIGINT) or by an error, it does not wait:
-   it stops the others at once, then cleans up the same way.
+   keys).  Stopped by a signal (Ctrl-C, SIGTERM, SIGHUP: one line, exit status 128 + n)
+   or by an error, it does not wait: it kills the others at once, without closing its
+   sessions with them first (they ignore the terminal's Ctrl-C themselves), then cleans
+   up the same way.
 """
 
 from __future__ import annotations
@@ -105,14 +107,13 @@ class LocalParties:
         self.aborted = False  # a signal or an uncaught error ended party 0
 
     def watch(self) -> None:
-        """Mark an exit by signal or uncaught error (cleanup then does not wait for the
-        others): SIGTERM and SIGHUP become SystemExit, so ``atexit`` runs at all."""
+        """Stop the others at once when a signal or an uncaught error ends party 0.
+        SIGINT, SIGTERM and SIGHUP become SystemExit with one line (so ``atexit`` runs
+        at all); the other parties ignore the terminal's Ctrl-C (see :meth:`start`)."""
 
         def on_signal(signum: int, frame: Any) -> None:
             self.aborted = True
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            name = signal.Signals(signum).name
+            name = "interrupted" if signum == signal.SIGINT else signal.Signals(signum).name
             print(f"didsession: {name}: stopping the local parties", file=sys.stderr, flush=True)
             raise SystemExit(128 + signum)
 
@@ -127,17 +128,30 @@ class LocalParties:
 
         sys.excepthook = excepthook
 
+    def start(self, cmd: list[str], stdout: Any, env: dict[str, str]) -> None:
+        """Start one party.  It ignores SIGINT: a terminal's Ctrl-C reaches the whole
+        process group, and party 0 stops the others itself, without their tracebacks."""
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through exec
+        try:
+            self.children.append(subprocess.Popen(cmd, stdout=stdout, env=env))
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
     def cleanup(self) -> None:
         deadline = time.monotonic() + (0.0 if self.aborted else GRACE)
         for child in self.children:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(max(0.1, deadline - time.monotonic()))
+        # Stopped: kill them all at once (they hold nothing that outlives the directory),
+        # so that none reports another's end.  Else: the ones still running get SIGTERM.
+        stop = signal.SIGKILL if self.aborted else signal.SIGTERM
         for child in self.children:
             if child.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    child.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    child.wait(3)
+                    child.send_signal(stop)
+        for child in self.children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(3)
             if child.poll() is None:
                 child.kill()
                 child.wait()
@@ -197,7 +211,7 @@ def launch_local(options: argparse.Namespace) -> PartyPlan:
             local.logs.append(f)
             stdout = f
         try:
-            local.children.append(subprocess.Popen(cmd, stdout=stdout, env=env))
+            local.start(cmd, stdout, env)
         except OSError as exc:
             raise SystemExit(f"didsession: error: cannot start party {i}: {exc.strerror}") from None
 

@@ -42,7 +42,7 @@ import contextlib
 import json
 import logging
 import os
-import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -129,9 +129,9 @@ DIAL_TIMEOUT = 10.0
 # Refusals a retry cannot fix (spec/session.md §10): stop instead of retrying forever.
 # Why a party left with its links open (``_at_exit``): ``e.p.mpyc.<why>.p<party>``, and
 # how its peers say it.
-_LEFT = re.compile(r"e\.p\.mpyc\.(interrupted|crashed|exited)\.p(\d+)")
 _LEFT_PHRASES = {
     "interrupted": "was interrupted (Ctrl-C)",
+    "terminated": "was stopped by a signal (SIGTERM or SIGHUP)",
     "crashed": "stopped on an error (its own output says which)",
     "exited": "exited before the computation ended",
 }
@@ -163,6 +163,15 @@ class _Server:
     async def wait_closed(self) -> None:
         if self._listener is not None:
             await self._listener.wait_closed()
+
+
+def _left(code: str) -> tuple[str, int] | None:
+    """(why, party) from the close code of a party that left (see ``_at_exit``)."""
+    head, _, who = code.rpartition(".p")
+    why = head.removeprefix("e.p.mpyc.")
+    if why in _LEFT_PHRASES and head != why and who.isdigit():
+        return why, int(who)
+    return None
 
 
 def _stranger_hint(link: SessionTransport, exc: DidSessionError, host: Any, port: Any) -> str:
@@ -218,6 +227,7 @@ class DidcommNetwork:
         self._board_timer: asyncio.TimerHandle | None = None
         self.max_batch = int(os.environ.get(BATCH_ENV) or DEFAULT_MAX_BATCH)
         self.eager_bytes = int(os.environ.get(EAGER_ENV) or DEFAULT_EAGER_BYTES)
+        self._signals: list[int] = []  # handlers installed by watch_signals
         atexit.register(self._at_exit)
 
     # -- what MPyC's start() calls -----------------------------------------------------------
@@ -737,8 +747,8 @@ class DidcommNetwork:
             )
         elif code == "e.p.mpyc.program":
             self.stop(f"{link.label} runs a different program (it said so)", code=code)
-        elif left := _LEFT.fullmatch(code):
-            phrase, gone = _LEFT_PHRASES[left[1]], int(left[2])
+        elif left := _left(code):
+            phrase, gone = _LEFT_PHRASES[left[0]], left[1]
             if 0 <= gone < len(self.roster) and self.party_label(gone) == link.label:
                 self.stop(f"{link.label} {phrase}; stopping too", code=code)
             else:
@@ -776,22 +786,50 @@ class DidcommNetwork:
         that never calls ``shutdown()``): CLOSE each with why, so that the peers stop
         saying so instead of blaming a broken connection.  Best effort: the event loop no
         longer runs, so only what the path writes at once (a TCP socket) gets out."""
+        local = self.plan.extra.get("local")
+        if local is not None and local.aborted:
+            return  # local mode's party 0 kills the others itself, quietly
+        kind = getattr(sys, "last_type", None)  # set by an uncaught exception
+        if isinstance(kind, type) and issubclass(kind, KeyboardInterrupt):
+            self._leave("interrupted")
+        else:
+            self._leave("crashed" if kind is not None else "exited")
+
+    def _leave(self, why: str) -> None:
+        """CLOSE every open link with ``e.p.mpyc.<why>.p<pid>`` (see :data:`_LEFT_PHRASES`)."""
         if self._stopping:
             return
-        kind = getattr(sys, "last_type", None)  # set by an uncaught exception
-        why = (
-            "interrupted"
-            if isinstance(kind, type) and issubclass(kind, KeyboardInterrupt)
-            else "crashed"
-            if kind is not None
-            else "exited"
-        )
+        self._stopping = True
         code = f"e.p.mpyc.{why}.p{self.pid}"
         for link in list(self.links.values()):
             if link.state is LinkState.OPEN and not link.is_closing():
                 link.path_info["stopping"] = True
                 with contextlib.suppress(Exception):
                     link.fail(RemoteProtocolError(why, code=code))
+
+    def watch_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        """While MPyC computes, SIGTERM and SIGHUP (``kill``, ``timeout``, a closed
+        terminal) end this party the way Ctrl-C does: its links CLOSEd with why, exit
+        status 128 + the signal, instead of links dropped unexplained.  A handler the
+        program set itself is left alone.  Loop handlers, not ``signal.signal``: a
+        Python-level handler could run in the middle of sealing a record."""
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            if sig not in self._signals and signal.getsignal(sig) is signal.SIG_DFL:
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(sig, self._signalled, sig)
+                    self._signals.append(sig)
+
+    def unwatch_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in self._signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
+        self._signals.clear()
+
+    def _signalled(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        print(f"didsession: party {self.pid}: {name}: stopping", file=sys.stderr, flush=True)
+        self._leave("terminated")
+        raise SystemExit(128 + sig)
 
     async def _tell_and_exit(self, told: set[int]) -> None:
         loop = asyncio.get_running_loop()

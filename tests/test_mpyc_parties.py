@@ -397,10 +397,20 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_an_interrupted_party_tells_the_others_why(parties: Parties, tmp_path: Path) -> None:
-    """Ctrl-C in party 0's terminal while the three compute: parties 1 and 2 stop saying
-    that party 0 was interrupted, not that their connection broke (party 0's exit sends a
-    CLOSE with the reason on each open link)."""
+@pytest.mark.parametrize(
+    ("sig", "code", "said"),
+    [
+        (signal.SIGINT, -signal.SIGINT, "was interrupted (Ctrl-C)"),
+        (signal.SIGTERM, 128 + signal.SIGTERM, "was stopped by a signal (SIGTERM or SIGHUP)"),
+    ],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_a_stopped_party_tells_the_others_why(
+    parties: Parties, tmp_path: Path, sig: int, code: int, said: str
+) -> None:
+    """Ctrl-C in party 0's terminal (or ``kill``) while the three compute: parties 1 and 2
+    stop saying so, not that their connection broke (party 0 sends a CLOSE with the reason
+    on each open link as it exits)."""
     roster = parties.roster(3)
     cmd = [PY, str(PROGRAMS / "sums.py"), "100000", "--didcomm", str(roster)]
     procs: list[subprocess.Popen[bytes]] = []
@@ -424,16 +434,18 @@ def test_an_interrupted_party_tells_the_others_why(parties: Parties, tmp_path: P
             assert party0.poll() is None and time.monotonic() < deadline, _tails(tmp_path, 3)
             time.sleep(0.05)
         time.sleep(0.5)  # computing now
-        party0.send_signal(signal.SIGINT)
+        party0.send_signal(sig)
         for p in procs:
             p.wait(30)
-    assert party0.returncode == -signal.SIGINT  # Python's own exit on KeyboardInterrupt
+    # Ctrl-C: Python's own exit on KeyboardInterrupt (with its traceback); a signal: 128+n.
+    assert party0.returncode == code
+    if sig == signal.SIGTERM:
+        err = (tmp_path / "p0.err").read_text()
+        assert err == "didsession: party 0: SIGTERM: stopping\n"
     for i in (1, 2):
         err = (tmp_path / f"p{i}.err").read_text()
         assert procs[2 - i].returncode == 1, err
-        assert "party 0 (p0) was interrupted (Ctrl-C)" in err or (
-            "stopped: party 0 was interrupted (Ctrl-C)" in err
-        ), err
+        assert f"party 0 (p0) {said}; stopping too" in err or f"stopped: party 0 {said}" in err, err
         assert "broke" not in err and "Traceback" not in err
 
 
@@ -570,10 +582,16 @@ def test_local_mode_and_module_entry(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("didsession-mpyc-*"))
 
 
-def test_local_mode_stopped_by_sigterm_cleans_up(tmp_path: Path) -> None:
-    """SIGTERM to party 0 of ``-M3 --didcomm --didcomm-relay`` while it computes: it stops
-    the other parties and the embedded mediator at once and removes the directory with
-    the parties' keys (atexit alone never runs on SIGTERM)."""
+@pytest.mark.parametrize(
+    ("sig", "said"),
+    [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "interrupted")],
+    ids=["sigterm", "ctrl-c"],
+)
+def test_local_mode_stopped_by_a_signal_cleans_up(tmp_path: Path, sig: int, said: str) -> None:
+    """SIGTERM to party 0 of ``-M3 --didcomm --didcomm-relay`` while it computes, or a
+    terminal's Ctrl-C (SIGINT to the whole process group): one line, the other parties
+    and the embedded mediator stopped at once, the directory with the parties' keys
+    removed (atexit alone never runs on SIGTERM); no traceback, no party's error."""
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     cmd = [PY, str(PROGRAMS / "sums.py"), "3000", "-M3", "--didcomm", "--didcomm-relay"]
@@ -584,6 +602,7 @@ def test_local_mode_stopped_by_sigterm_cleans_up(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
             env=dict(os.environ, TMPDIR=str(tmp)),
             start_new_session=True,
+            preexec_fn=_default_sigint,
         )
         try:
             deadline = time.monotonic() + 60
@@ -593,15 +612,15 @@ def test_local_mode_stopped_by_sigterm_cleans_up(tmp_path: Path) -> None:
             (made,) = list(tmp.iterdir())
             time.sleep(1.5)  # computing now
             assert proc.poll() is None
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(15) == 128 + signal.SIGTERM
+            os.killpg(proc.pid, sig)
+            assert proc.wait(15) == 128 + sig
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     output = (tmp_path / "out").read_text(errors="replace")
-    assert "didsession: SIGTERM: stopping the local parties" in output
-    assert "Traceback" not in output
+    assert f"didsession: {said}: stopping the local parties" in output
+    assert "Traceback" not in output and "didsession: error" not in output
     assert list(tmp.iterdir()) == []
     left = subprocess.run(["pgrep", "-f", str(made)], capture_output=True, text=True)
     assert left.stdout.strip() == "", f"left running: {left.stdout}"
