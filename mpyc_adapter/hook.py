@@ -331,15 +331,17 @@ def _patch_runtime(cls: Any) -> None:
             return
         with network.installed(self._loop):
             await original_start(self)
-        if not os.environ.get(WAIT_ENV):  # local mode's party 0 stops its own parties
-            network.watch_signals(self._loop)
+        # Not in the parties local mode starts: its party 0 stops them itself (and it
+        # has its own handlers, which watch_signals leaves alone).
+        if not os.environ.get(WAIT_ENV):
+            network.watch_signals()
 
     @functools.wraps(original_shutdown)
     async def shutdown(self: Any) -> None:
         await original_shutdown(self)
         network = getattr(self, "_didcomm", None)
         if network is not None:
-            network.unwatch_signals(self._loop)
+            network.unwatch_signals()
             network.log_report()
 
     cls.start = start

@@ -13,10 +13,10 @@ itself), but every party gets a fresh identity and every link is a real session:
    ``--output-file``; their errors to this terminal);
 4. this process continues as party 0.  When it exits it waits briefly for the others,
    stops what is still running, and removes the directory (which holds the parties'
-   keys).  Stopped by a signal (Ctrl-C, SIGTERM, SIGHUP: one line, exit status 128 + n)
-   or by an error, it does not wait: it kills the others at once, without closing its
-   sessions with them first (they ignore the terminal's Ctrl-C themselves), then cleans
-   up the same way.
+   keys).  Stopped by a signal (one line; Ctrl-C ends it by SIGINT, SIGTERM and SIGHUP
+   with status 128 + n) or by an error, it does not wait: it kills the others at once,
+   without closing its sessions with them first (they ignore those signals themselves),
+   then cleans up the same way.
 """
 
 from __future__ import annotations
@@ -96,6 +96,10 @@ def main_target(argv0: str) -> list[str]:
     return [argv0]
 
 
+class _Hurry(Exception):
+    """A signal while cleanup waits for the other parties."""
+
+
 class LocalParties:
     """The throw-away directory, the embedded mediator and the child parties."""
 
@@ -105,6 +109,7 @@ class LocalParties:
         self.mediator: Any = None
         self.logs: list[IO[bytes]] = []
         self.aborted = False  # a signal or an uncaught error ended party 0
+        self.signal: int | None = None  # the signal that did
 
     def watch(self) -> None:
         """Stop the others at once when a signal or an uncaught error ends party 0.
@@ -113,6 +118,7 @@ class LocalParties:
 
         def on_signal(signum: int, frame: Any) -> None:
             self.aborted = True
+            self.signal = signum
             name = "interrupted" if signum == signal.SIGINT else signal.Signals(signum).name
             print(f"didsession: {name}: stopping the local parties", file=sys.stderr, flush=True)
             raise SystemExit(128 + signum)
@@ -129,37 +135,62 @@ class LocalParties:
         sys.excepthook = excepthook
 
     def start(self, cmd: list[str], stdout: Any, env: dict[str, str]) -> None:
-        """Start one party.  It ignores SIGINT: a terminal's Ctrl-C reaches the whole
-        process group, and party 0 stops the others itself, without their tracebacks."""
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through exec
+        """Start one party.  It ignores SIGINT, SIGTERM and SIGHUP: a terminal's Ctrl-C
+        or hangup, or a service manager's stop, reaches the whole process group, and a
+        party dying first would make party 0 report its link broken.  Party 0 owns the
+        others' lives: it kills them (SIGKILL) when it stops; if it dies, their links
+        to it break and they stop."""
+        ignored = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in ignored}  # exec keeps it
         try:
             self.children.append(subprocess.Popen(cmd, stdout=stdout, env=env))
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def cleanup(self) -> None:
-        deadline = time.monotonic() + (0.0 if self.aborted else GRACE)
-        for child in self.children:
-            with contextlib.suppress(subprocess.TimeoutExpired):
+        """Wait for the others (not when aborted), stop what still runs, stop the
+        mediator, remove the directory.  A signal meanwhile only cuts the wait short:
+        the rest must run (the directory holds the parties' keys).  A Ctrl-C ends the
+        process by SIGINT, as a shell expects of a program it interrupted."""
+
+        def hurry(signum: int, frame: Any) -> None:
+            raise _Hurry
+
+        watched = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+        for sig in watched:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, hurry)
+        try:
+            deadline = time.monotonic() + GRACE
+            for child in [] if self.aborted else self.children:
                 child.wait(max(0.1, deadline - time.monotonic()))
-        # Stopped: kill them all at once (they hold nothing that outlives the directory),
-        # so that none reports another's end.  Else: the ones still running get SIGTERM.
-        stop = signal.SIGKILL if self.aborted else signal.SIGTERM
+        except (_Hurry, subprocess.TimeoutExpired):
+            pass
+        finally:
+            for sig in watched:
+                if signal.getsignal(sig) is hurry:
+                    signal.signal(sig, signal.SIG_IGN)
+        # Kill what still runs, all at once (they ignore SIGTERM, see start(), and hold
+        # nothing that outlives the directory), so that none reports another's end.
         for child in self.children:
             if child.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    child.send_signal(stop)
+                    child.kill()
         for child in self.children:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(3)
-            if child.poll() is None:
-                child.kill()
-                child.wait()
+            child.wait()
         if self.mediator is not None:
-            self.mediator.stop()
+            with contextlib.suppress(Exception):
+                self.mediator.stop()
         for f in self.logs:
             f.close()
         shutil.rmtree(self.root, ignore_errors=True)
+        if self.signal == signal.SIGINT:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 def launch_local(options: argparse.Namespace) -> PartyPlan:

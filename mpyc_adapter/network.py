@@ -131,10 +131,26 @@ DIAL_TIMEOUT = 10.0
 # how its peers say it.
 _LEFT_PHRASES = {
     "interrupted": "was interrupted (Ctrl-C)",
-    "terminated": "was stopped by a signal (SIGTERM or SIGHUP)",
+    "terminated": "was stopped by SIGTERM",
+    "hangup": "was stopped by SIGHUP (its terminal closed?)",
     "crashed": "stopped on an error (its own output says which)",
-    "exited": "exited before the computation ended",
+    "exited": "exited before mpc.shutdown()",
 }
+_SIGNAL_REASONS: dict[int, str] = {
+    signal.SIGINT: "interrupted",
+    signal.SIGTERM: "terminated",
+    signal.SIGHUP: "hangup",
+}
+# The signals watch_signals takes, with the disposition it takes them from.
+_WATCHED = (
+    (signal.SIGINT, signal.default_int_handler),
+    (signal.SIGTERM, signal.SIG_DFL),
+    (signal.SIGHUP, signal.SIG_DFL),
+)
+# How long a stopping party reads on at most (its links half-closed), until its peers have
+# read its CLOSE and closed: closing a socket with unread data resets the connection, and
+# a busy peer may then lose the CLOSE.
+LEAVE_GRACE = 2.0
 _FATAL_REFUSALS = ("e.p.msg.session.unauthorized", "e.p.mpyc")
 
 
@@ -227,7 +243,8 @@ class DidcommNetwork:
         self._board_timer: asyncio.TimerHandle | None = None
         self.max_batch = int(os.environ.get(BATCH_ENV) or DEFAULT_MAX_BATCH)
         self.eager_bytes = int(os.environ.get(EAGER_ENV) or DEFAULT_EAGER_BYTES)
-        self._signals: list[int] = []  # handlers installed by watch_signals
+        self._signals: dict[int, Any] = {}  # watch_signals: signal -> previous handler
+        self._signal: int | None = None  # the signal that stops this party
         atexit.register(self._at_exit)
 
     # -- what MPyC's start() calls -----------------------------------------------------------
@@ -344,7 +361,7 @@ class DidcommNetwork:
                 link = task.result()
                 link.path_info["stopping"] = True
                 if exc is not None:
-                    link.fail(exc)
+                    link.fail(exc, linger=True)
                     told.add(peer)
                 else:
                     link.close()
@@ -774,62 +791,94 @@ class DidcommNetwork:
         for link in list(self.links.values()):
             link.path_info["stopping"] = True
             if link.state is LinkState.OPEN:
-                link.fail(RemoteProtocolError("stopped", code=code))
+                link.fail(RemoteProtocolError("stopped", code=code), linger=True)
         loop = self._loop or asyncio.get_event_loop()
         if self._starting:
             self._tasks.add(loop.create_task(self._tell_and_exit(told)))
         else:
-            loop.call_soon(_exit)
+            self._tasks.add(loop.create_task(self._linger_and(_exit)))
 
     def _at_exit(self) -> None:
         """The process exits with links still open (Ctrl-C, an uncaught error, a program
         that never calls ``shutdown()``): CLOSE each with why, so that the peers stop
         saying so instead of blaming a broken connection.  Best effort: the event loop no
-        longer runs, so only what the path writes at once (a TCP socket) gets out."""
+        longer runs, so only what the path writes at once (a TCP socket) gets out; a
+        relay path's writes are lost (a signal while the loop runs does better, see
+        :meth:`watch_signals`)."""
         local = self.plan.extra.get("local")
         if local is not None and local.aborted:
             return  # local mode's party 0 kills the others itself, quietly
         kind = getattr(sys, "last_type", None)  # set by an uncaught exception
-        if isinstance(kind, type) and issubclass(kind, KeyboardInterrupt):
+        if self._signal is not None:
+            self._leave(_SIGNAL_REASONS[self._signal])
+        elif isinstance(kind, type) and issubclass(kind, KeyboardInterrupt):
             self._leave("interrupted")
         else:
             self._leave("crashed" if kind is not None else "exited")
 
     def _leave(self, why: str) -> None:
-        """CLOSE every open link with ``e.p.mpyc.<why>.p<pid>`` (see :data:`_LEFT_PHRASES`)."""
+        """CLOSE every link with ``e.p.mpyc.<why>.p<pid>`` (see :data:`_LEFT_PHRASES`)."""
         if self._stopping:
             return
         self._stopping = True
-        code = f"e.p.mpyc.{why}.p{self.pid}"
+        exc = RemoteProtocolError(why, code=f"e.p.mpyc.{why}.p{self.pid}")
+        self._drop_prepared(exc)
         for link in list(self.links.values()):
             if link.state is LinkState.OPEN and not link.is_closing():
                 link.path_info["stopping"] = True
                 with contextlib.suppress(Exception):
-                    link.fail(RemoteProtocolError(why, code=code))
+                    link.fail(exc, linger=True)  # the process exits soon: it closes
 
-    def watch_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        """While MPyC computes, SIGTERM and SIGHUP (``kill``, ``timeout``, a closed
-        terminal) end this party the way Ctrl-C does: its links CLOSEd with why, exit
-        status 128 + the signal, instead of links dropped unexplained.  A handler the
-        program set itself is left alone.  Loop handlers, not ``signal.signal``: a
-        Python-level handler could run in the middle of sealing a record."""
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            if sig not in self._signals and signal.getsignal(sig) is signal.SIG_DFL:
-                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                    loop.add_signal_handler(sig, self._signalled, sig)
-                    self._signals.append(sig)
+    def watch_signals(self) -> None:
+        """While MPyC computes, Ctrl-C, SIGTERM and SIGHUP (``kill``, ``timeout``, a
+        closed terminal) CLOSE this party's links with why before it exits, instead of
+        dropping them unexplained; the exit is what it would have been (KeyboardInterrupt,
+        status 128 + n).  Only signals at their default disposition are taken.
 
-    def unwatch_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        for sig in self._signals:
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(sig)
+        The handler runs between any two bytecodes, perhaps inside ``seal``, so it only
+        hands the signal to the event loop; the loop callback closes the links and
+        gives the CLOSEs :data:`LEAVE_GRACE` to go out (a relay path writes from a task).
+        When the loop is not running (a synchronous program between ``mpc.run`` calls),
+        the handler exits at once and :meth:`_at_exit` says why."""
+        for sig, default in _WATCHED:
+            if sig not in self._signals and signal.getsignal(sig) is default:
+                with contextlib.suppress(ValueError):  # not the main thread
+                    signal.signal(sig, self._on_signal)
+                    self._signals[sig] = default
+
+    def unwatch_signals(self) -> None:
+        for sig, previous in self._signals.items():
+            if signal.getsignal(sig) == self._on_signal:
+                signal.signal(sig, previous)
         self._signals.clear()
 
+    def _on_signal(self, sig: int, frame: Any) -> None:
+        loop = self._loop
+        if self._signal is None and loop is not None and loop.is_running():
+            self._signal = sig
+            loop.call_soon_threadsafe(self._signalled, sig)
+            return
+        self._signal = self._signal or sig  # a second signal: go now
+        _raise_for(sig)
+
     def _signalled(self, sig: int) -> None:
-        name = signal.Signals(sig).name
-        print(f"didsession: party {self.pid}: {name}: stopping", file=sys.stderr, flush=True)
-        self._leave("terminated")
-        raise SystemExit(128 + sig)
+        self._leave(_SIGNAL_REASONS[sig])
+        if sig != signal.SIGINT:  # Ctrl-C: Python's own KeyboardInterrupt says it
+            with contextlib.suppress(OSError):  # a closed terminal (SIGHUP)
+                name = signal.Signals(sig).name
+                print(f"didsession: party {self.pid}: {name}: stopping", file=sys.stderr)
+        assert self._loop is not None
+        self._tasks.add(self._loop.create_task(self._linger_and(lambda: _raise_for(sig))))
+
+    async def _linger_and(self, then: Callable[[], None]) -> None:
+        """Read on until every link's peer has closed its side (it read our CLOSE), at
+        most :data:`LEAVE_GRACE`; then ``then`` from a plain loop callback, where the
+        exit it raises leaves ``run_until_complete``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LEAVE_GRACE):
+                for link in list(self.links.values()):
+                    await link.path_closed()
+        asyncio.get_running_loop().call_soon(then)
 
     async def _tell_and_exit(self, told: set[int]) -> None:
         loop = asyncio.get_running_loop()
@@ -984,6 +1033,14 @@ class DidcommNetwork:
 
 def _exit() -> None:
     raise SystemExit(1)
+
+
+def _raise_for(sig: int) -> None:
+    """Exit as the signal's default action would have: Python's KeyboardInterrupt for
+    SIGINT, else status 128 + n."""
+    if sig == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + sig)
 
 
 def _addr(addr: Any) -> str | None:

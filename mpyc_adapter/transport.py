@@ -221,6 +221,11 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
         while self._lower is None and not self._lower_lost:
             await self._wait()
 
+    async def path_closed(self) -> None:
+        """Wait until the path is gone (e.g. the peer closed its side after our CLOSE)."""
+        while self._lower is not None and not self._lower_lost:
+            await self._wait()
+
     def data_received(self, data: bytes) -> None:
         state = self.state
         if state is LinkState.HANDSHAKE:
@@ -613,8 +618,9 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
     def get_write_buffer_size(self) -> int:
         lower = self._lower
         size = sum(map(len, self._out))
-        if isinstance(lower, asyncio.WriteTransport):
-            size += lower.get_write_buffer_size()
+        buffered = getattr(lower, "get_write_buffer_size", None)  # uvloop: not registered
+        if buffered is not None:
+            size += buffered()
         return size
 
     def can_write_eof(self) -> bool:
@@ -674,8 +680,12 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
             self._app_lost = True
             self._app.connection_lost(None)
 
-    def _fail(self, exc: ProtocolError) -> None:
-        """A fatal error on the link: CLOSE with its code, close the path, report it."""
+    def _fail(self, exc: ProtocolError, *, linger: bool = False) -> None:
+        """A fatal error on the link: CLOSE with its code, close the path, report it.
+
+        ``linger``: only end the sending side of the path (where it can), reading on, so
+        that the CLOSE reaches the peer: a TCP socket closed with unread data resets
+        the connection, and the peer may lose the CLOSE with it."""
         if self.state is LinkState.FAILED:
             return
         was_open = self.state is LinkState.OPEN
@@ -686,17 +696,23 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
             channel.abort(exc)
             self._send_control(channel)
         self._cancel_timer()
-        if self._lower is not None:
-            self._lower.close()
+        lower = self._lower
+        if lower is not None:
+            # Duck-typed: uvloop's transports are not registered as asyncio.WriteTransport.
+            can_write_eof = getattr(lower, "can_write_eof", None)
+            if linger and can_write_eof is not None and can_write_eof():
+                lower.write_eof()  # type: ignore[attr-defined]
+            else:
+                lower.close()
         if not self._agreement.done():
             self._agreement.set_exception(exc)
             self._agreement.exception()
         if was_open:
             self._on_fatal(self, exc)
 
-    def fail(self, exc: ProtocolError) -> None:
+    def fail(self, exc: ProtocolError, *, linger: bool = False) -> None:
         """Fail the link from outside (e.g. the program agreement failed)."""
-        self._fail(exc)
+        self._fail(exc, linger=linger)
 
     def _arm_timer(self) -> None:
         self._cancel_timer()

@@ -401,7 +401,7 @@ def _default_sigint() -> None:
     ("sig", "code", "said"),
     [
         (signal.SIGINT, -signal.SIGINT, "was interrupted (Ctrl-C)"),
-        (signal.SIGTERM, 128 + signal.SIGTERM, "was stopped by a signal (SIGTERM or SIGHUP)"),
+        (signal.SIGTERM, 128 + signal.SIGTERM, "was stopped by SIGTERM"),
     ],
     ids=["ctrl-c", "sigterm"],
 )
@@ -441,7 +441,7 @@ def test_a_stopped_party_tells_the_others_why(
     assert party0.returncode == code
     if sig == signal.SIGTERM:
         err = (tmp_path / "p0.err").read_text()
-        assert err == "didsession: party 0: SIGTERM: stopping\n"
+        assert "didsession: party 0: SIGTERM: stopping\n" in err and "Traceback" not in err
     for i in (1, 2):
         err = (tmp_path / f"p{i}.err").read_text()
         assert procs[2 - i].returncode == 1, err
@@ -583,18 +583,24 @@ def test_local_mode_and_module_entry(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("sig", "said"),
-    [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "interrupted")],
+    ("sig", "said", "code"),
+    [
+        (signal.SIGTERM, "SIGTERM", 128 + signal.SIGTERM),
+        # Ends by SIGINT itself, so that a shell loop running it stops too.
+        (signal.SIGINT, "interrupted", -signal.SIGINT),
+    ],
     ids=["sigterm", "ctrl-c"],
 )
-def test_local_mode_stopped_by_a_signal_cleans_up(tmp_path: Path, sig: int, said: str) -> None:
-    """SIGTERM to party 0 of ``-M3 --didcomm --didcomm-relay`` while it computes, or a
-    terminal's Ctrl-C (SIGINT to the whole process group): one line, the other parties
+def test_local_mode_stopped_by_a_signal_cleans_up(
+    tmp_path: Path, sig: int, said: str, code: int
+) -> None:
+    """SIGTERM (a service manager's stop) or a terminal's Ctrl-C, to the whole process
+    group of ``-M3 --didcomm --didcomm-relay`` while it computes: one line, the other parties
     and the embedded mediator stopped at once, the directory with the parties' keys
     removed (atexit alone never runs on SIGTERM); no traceback, no party's error."""
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    cmd = [PY, str(PROGRAMS / "sums.py"), "3000", "-M3", "--didcomm", "--didcomm-relay"]
+    cmd = [PY, str(PROGRAMS / "sums.py"), "100000", "-M3", "--didcomm", "--didcomm-relay"]
     with (tmp_path / "out").open("wb") as out:
         proc = subprocess.Popen(
             cmd,
@@ -613,7 +619,7 @@ def test_local_mode_stopped_by_a_signal_cleans_up(tmp_path: Path, sig: int, said
             time.sleep(1.5)  # computing now
             assert proc.poll() is None
             os.killpg(proc.pid, sig)
-            assert proc.wait(15) == 128 + sig
+            assert proc.wait(15) == code
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
