@@ -62,6 +62,9 @@ class RelayPath(asyncio.Transport):
         self._pending.clear()
         self._wake.set()
 
+    def can_write_eof(self) -> bool:
+        return False  # a relay link has no half-close; close() sends what is queued first
+
     def get_write_buffer_size(self) -> int:
         return sum(map(len, self._pending))
 

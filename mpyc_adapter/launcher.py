@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -46,6 +47,9 @@ __all__ = ["LocalParties", "launch_local"]
 GRACE = 20.0
 # How long a party started by local mode waits for party 0 to write the roster.
 WAIT = 60.0
+# Party 0's process id, for the parties it starts (see _die_with_parent).
+PARENT_ENV = "DIDSESSION_MPYC_PARENT"
+_PR_SET_PDEATHSIG = 1
 _FLAGS = {
     "debug": "d",
     "inspect": "i",
@@ -59,6 +63,20 @@ _FLAGS = {
     "quiet": "q",
     "isolated": "I",
 }
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when party 0 dies (it ignores the signals that would
+    otherwise stop it, see :meth:`LocalParties.start`); if party 0 is already gone, exit."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if str(os.getppid()) != parent:
+        raise SystemExit(1)
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
@@ -138,8 +156,8 @@ class LocalParties:
         """Start one party.  It ignores SIGINT, SIGTERM and SIGHUP: a terminal's Ctrl-C
         or hangup, or a service manager's stop, reaches the whole process group, and a
         party dying first would make party 0 report its link broken.  Party 0 owns the
-        others' lives: it kills them (SIGKILL) when it stops; if it dies, their links
-        to it break and they stop."""
+        others' lives: it kills them (SIGKILL) when it stops, and the kernel kills them
+        when it dies (``PR_SET_PDEATHSIG``, set by each party as it starts)."""
         ignored = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in ignored}  # exec keeps it
         try:
@@ -154,23 +172,27 @@ class LocalParties:
         the rest must run (the directory holds the parties' keys).  A Ctrl-C ends the
         process by SIGINT, as a shell expects of a program it interrupted."""
 
+        watched = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
         def hurry(signum: int, frame: Any) -> None:
+            for sig in watched:
+                signal.signal(sig, signal.SIG_IGN)  # one is enough: the rest must run
+            self.aborted = True
+            self.signal = self.signal or signum
             raise _Hurry
 
-        watched = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
-        for sig in watched:
-            if signal.getsignal(sig) is not signal.SIG_IGN:
-                signal.signal(sig, hurry)
         try:
+            for sig in watched:
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    signal.signal(sig, hurry)
             deadline = time.monotonic() + GRACE
             for child in [] if self.aborted else self.children:
                 child.wait(max(0.1, deadline - time.monotonic()))
-        except (_Hurry, subprocess.TimeoutExpired):
-            pass
-        finally:
             for sig in watched:
-                if signal.getsignal(sig) is hurry:
-                    signal.signal(sig, signal.SIG_IGN)
+                signal.signal(sig, signal.SIG_IGN)
+        except (_Hurry, subprocess.TimeoutExpired):
+            for sig in watched:
+                signal.signal(sig, signal.SIG_IGN)
         # Kill what still runs, all at once (they ignore SIGTERM, see start(), and hold
         # nothing that outlives the directory), so that none reports another's end.
         for child in self.children:
@@ -186,6 +208,10 @@ class LocalParties:
             f.close()
         shutil.rmtree(self.root, ignore_errors=True)
         if self.signal == signal.SIGINT:
+            # The atexit handlers after this one and the interpreter's own exit do not
+            # run: flush what a person would miss.
+            with contextlib.suppress(Exception):
+                logging.shutdown()
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(Exception):
                     stream.flush()
@@ -217,7 +243,7 @@ def launch_local(options: argparse.Namespace) -> PartyPlan:
             raise SystemExit(f"didsession: error: {exc}") from None
     extra = ["--didcomm-private-args"] if ours.didcomm_private_args else []
     target = main_target(sys.argv[0])
-    env = dict(os.environ, **{WAIT_ENV: str(WAIT)})
+    env = dict(os.environ, **{WAIT_ENV: str(WAIT), PARENT_ENV: str(os.getpid())})
     for i in range(m - 1, 0, -1):
         cmd = [
             sys.executable,
@@ -287,7 +313,9 @@ def launch_local(options: argparse.Namespace) -> PartyPlan:
 
 
 def wait_for_roster(path: str) -> None:
-    """A party started by local mode: wait until party 0 has written the roster."""
+    """A party started by local mode: die with party 0 (see :meth:`LocalParties.start`),
+    and wait until it has written the roster."""
+    _die_with_parent()
     limit = float(os.environ.get(WAIT_ENV, "0") or 0)
     deadline = time.monotonic() + limit
     while not os.path.exists(path) and time.monotonic() < deadline:

@@ -847,10 +847,14 @@ class DidcommNetwork:
                     self._signals[sig] = default
 
     def unwatch_signals(self) -> None:
+        """Restore the handlers; a signal taken meanwhile and not yet acted on (it came
+        as ``shutdown()`` ended) exits now, as it would have."""
         for sig, previous in self._signals.items():
             if signal.getsignal(sig) == self._on_signal:
                 signal.signal(sig, previous)
         self._signals.clear()
+        if self._signal is not None:
+            _raise_for(self._signal)
 
     def _on_signal(self, sig: int, frame: Any) -> None:
         loop = self._loop
@@ -862,11 +866,15 @@ class DidcommNetwork:
         _raise_for(sig)
 
     def _signalled(self, sig: int) -> None:
+        if self._stopping:  # stop() or _leave already ends this party
+            return
         self._leave(_SIGNAL_REASONS[sig])
         if sig != signal.SIGINT:  # Ctrl-C: Python's own KeyboardInterrupt says it
-            with contextlib.suppress(OSError):  # a closed terminal (SIGHUP)
-                name = signal.Signals(sig).name
+            name = signal.Signals(sig).name
+            try:
                 print(f"didsession: party {self.pid}: {name}: stopping", file=sys.stderr)
+            except OSError:  # a closed terminal (SIGHUP): later writes would fail the exit
+                sys.stdout = sys.stderr = open(os.devnull, "w")
         assert self._loop is not None
         self._tasks.add(self._loop.create_task(self._linger_and(lambda: _raise_for(sig))))
 

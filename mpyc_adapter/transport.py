@@ -698,9 +698,7 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
         self._cancel_timer()
         lower = self._lower
         if lower is not None:
-            # Duck-typed: uvloop's transports are not registered as asyncio.WriteTransport.
-            can_write_eof = getattr(lower, "can_write_eof", None)
-            if linger and can_write_eof is not None and can_write_eof():
+            if linger and _can_write_eof(lower):
                 lower.write_eof()  # type: ignore[attr-defined]
             else:
                 lower.close()
@@ -735,6 +733,15 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
         channel.handle_timer(time.time())
         self._send_control(channel)
         self._arm_timer()
+
+
+def _can_write_eof(transport: Any) -> bool:
+    """Duck-typed (uvloop's transports are not registered as ``asyncio.WriteTransport``)
+    and tolerant (``asyncio.Transport``'s own ``can_write_eof`` raises, e.g. a relay path's)."""
+    try:
+        return bool(transport.can_write_eof()) and not transport.is_closing()
+    except (NotImplementedError, AttributeError):
+        return False
 
 
 def _not_connected(data: bytes) -> None:

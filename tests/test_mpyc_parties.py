@@ -398,20 +398,31 @@ def _default_sigint() -> None:
 
 
 @pytest.mark.parametrize(
-    ("sig", "code", "said"),
+    ("sig", "code", "said", "relay"),
     [
-        (signal.SIGINT, -signal.SIGINT, "was interrupted (Ctrl-C)"),
-        (signal.SIGTERM, 128 + signal.SIGTERM, "was stopped by SIGTERM"),
+        (signal.SIGINT, -signal.SIGINT, "was interrupted (Ctrl-C)", False),
+        (signal.SIGTERM, 128 + signal.SIGTERM, "was stopped by SIGTERM", False),
+        (signal.SIGTERM, 128 + signal.SIGTERM, "was stopped by SIGTERM", True),
     ],
-    ids=["ctrl-c", "sigterm"],
+    ids=["ctrl-c", "sigterm", "sigterm-relay"],
 )
 def test_a_stopped_party_tells_the_others_why(
-    parties: Parties, tmp_path: Path, sig: int, code: int, said: str
+    parties: Parties,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    sig: int,
+    code: int,
+    said: str,
+    relay: bool,
 ) -> None:
-    """Ctrl-C in party 0's terminal (or ``kill``) while the three compute: parties 1 and 2
-    stop saying so, not that their connection broke (party 0 sends a CLOSE with the reason
-    on each open link as it exits)."""
-    roster = parties.roster(3)
+    """Ctrl-C in party 0's terminal (or ``kill``) while the three compute, on direct or
+    relay links: parties 1 and 2 stop saying so, not that their connection broke (party
+    0 sends a CLOSE with the reason on each link and waits for the peers to read it)."""
+    if relay:
+        med: EmbeddedMediator = request.getfixturevalue("mediator")
+        roster = parties.roster(3, mediator=med.url, relay_only=True)
+    else:
+        roster = parties.roster(3)
     cmd = [PY, str(PROGRAMS / "sums.py"), "100000", "--didcomm", str(roster)]
     procs: list[subprocess.Popen[bytes]] = []
     with contextlib.ExitStack() as files:
@@ -630,6 +641,40 @@ def test_local_mode_stopped_by_a_signal_cleans_up(
     assert list(tmp.iterdir()) == []
     left = subprocess.run(["pgrep", "-f", str(made)], capture_output=True, text=True)
     assert left.stdout.strip() == "", f"left running: {left.stdout}"
+
+
+def test_local_mode_parties_die_with_party_0(tmp_path: Path) -> None:
+    """Party 0 of ``-M3 --didcomm`` killed outright (SIGKILL: no cleanup runs): the
+    parties it started, which ignore SIGTERM, do not linger (``PR_SET_PDEATHSIG``)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    cmd = [PY, str(PROGRAMS / "sums.py"), "100000", "-M3", "--didcomm"]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, TMPDIR=str(tmp)),
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp.glob("*/roster.json")):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        (made,) = list(tmp.iterdir())
+        proc.kill()  # before it connects: nothing would ever end the others' wait
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while True:
+            left = subprocess.run(["pgrep", "-f", str(made)], capture_output=True, text=True)
+            if not left.stdout.strip() or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert left.stdout.strip() == "", f"left running: {left.stdout}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_help_lists_didcomm_and_bad_options_fail_early(tmp_path: Path) -> None:

@@ -358,9 +358,8 @@ class MultipathTransport(asyncio.Transport):
 
     def get_write_buffer_size(self) -> int:
         transport = self._transports.get(self.mp.active)
-        if isinstance(transport, asyncio.WriteTransport):
-            return transport.get_write_buffer_size()
-        return 0
+        buffered = getattr(transport, "get_write_buffer_size", None)  # uvloop: duck-typed
+        return int(buffered()) if buffered is not None else 0
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "multipath":
