@@ -132,7 +132,8 @@ class LocalParties:
     def watch(self) -> None:
         """Stop the others at once when a signal or an uncaught error ends party 0.
         SIGINT, SIGTERM and SIGHUP become SystemExit with one line (so ``atexit`` runs
-        at all); the other parties ignore the terminal's Ctrl-C (see :meth:`start`)."""
+        at all; after a Ctrl-C, :meth:`cleanup` ends the process by SIGINT); the other
+        parties ignore these signals (see :meth:`start`)."""
 
         def on_signal(signum: int, frame: Any) -> None:
             self.aborted = True

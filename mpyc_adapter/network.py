@@ -126,7 +126,6 @@ STATUS_AFTER = 1.0
 DIRECT_ENV = "DIDSESSION_MPYC_DIRECT"
 # How long a link that started on the relay tries its peer's candidates for a direct path.
 DIAL_TIMEOUT = 10.0
-# Refusals a retry cannot fix (spec/session.md §10): stop instead of retrying forever.
 # Why a party left with its links open (``_at_exit``): ``e.p.mpyc.<why>.p<party>``, and
 # how its peers say it.
 _LEFT_PHRASES = {
@@ -151,6 +150,7 @@ _WATCHED = (
 # read its CLOSE and closed: closing a socket with unread data resets the connection, and
 # a busy peer may then lose the CLOSE.
 LEAVE_GRACE = 2.0
+# Refusals a retry cannot fix (spec/session.md §10): stop instead of retrying forever.
 _FATAL_REFUSALS = ("e.p.msg.session.unauthorized", "e.p.mpyc")
 
 
@@ -196,7 +196,10 @@ def _stranger_hint(link: SessionTransport, exc: DidSessionError, host: Any, port
     if link.path_info.get("path") != "direct":
         return ""
     if isinstance(exc, (FrameError, EnvelopeError)):
-        return f" (what answers at {host}:{port} does not speak the session protocol: is another program using that address?)"
+        return (
+            f" (what answers at {host}:{port} does not speak the session protocol: "
+            "is another program using that address?)"
+        )
     if exc.code == "e.p.msg.session.timeout":
         return f" (is a didsession party listening at {host}:{port}?)"
     return ""

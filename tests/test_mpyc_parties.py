@@ -622,11 +622,7 @@ def test_local_mode_stopped_by_a_signal_cleans_up(
             preexec_fn=_default_sigint,
         )
         try:
-            deadline = time.monotonic() + 60
-            while not list(tmp.glob("*/roster.json")):
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.05)
-            (made,) = list(tmp.iterdir())
+            made = _local_directory(proc, tmp)
             time.sleep(1.5)  # computing now
             assert proc.poll() is None
             os.killpg(proc.pid, sig)
@@ -639,8 +635,24 @@ def test_local_mode_stopped_by_a_signal_cleans_up(
     assert f"didsession: {said}: stopping the local parties" in output
     assert "Traceback" not in output and "didsession: error" not in output
     assert list(tmp.iterdir()) == []
-    left = subprocess.run(["pgrep", "-f", str(made)], capture_output=True, text=True)
-    assert left.stdout.strip() == "", f"left running: {left.stdout}"
+    left = _running_from(made)
+    assert left == "", f"left running: {left}"
+
+
+def _local_directory(proc: subprocess.Popen[bytes], tmp: Path) -> Path:
+    """Local mode's throw-away directory in ``tmp``, once party 0 wrote the roster."""
+    deadline = time.monotonic() + 60
+    while not list(tmp.glob("*/roster.json")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    (made,) = list(tmp.iterdir())
+    return made
+
+
+def _running_from(directory: Path) -> str:
+    """The processes whose command line names ``directory`` (pids, one per line)."""
+    found = subprocess.run(["pgrep", "-f", str(directory)], capture_output=True, text=True)
+    return found.stdout.strip()
 
 
 def test_local_mode_parties_die_with_party_0(tmp_path: Path) -> None:
@@ -657,20 +669,13 @@ def test_local_mode_parties_die_with_party_0(tmp_path: Path) -> None:
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not list(tmp.glob("*/roster.json")):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        (made,) = list(tmp.iterdir())
+        made = _local_directory(proc, tmp)
         proc.kill()  # before it connects: nothing would ever end the others' wait
         proc.wait()
         deadline = time.monotonic() + 10
-        while True:
-            left = subprocess.run(["pgrep", "-f", str(made)], capture_output=True, text=True)
-            if not left.stdout.strip() or time.monotonic() > deadline:
-                break
+        while (left := _running_from(made)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert left.stdout.strip() == "", f"left running: {left.stdout}"
+        assert left == "", f"left running: {left}"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
