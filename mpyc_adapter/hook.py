@@ -331,6 +331,7 @@ def _patch_runtime(cls: Any) -> None:
             return
         with network.installed(self._loop):
             await original_start(self)
+        network.computing(True)
         # Not in the parties local mode starts: its party 0 stops them itself (and it
         # has its own handlers, which watch_signals leaves alone).
         if not os.environ.get(WAIT_ENV):
@@ -338,8 +339,10 @@ def _patch_runtime(cls: Any) -> None:
 
     @functools.wraps(original_shutdown)
     async def shutdown(self: Any) -> None:
-        await original_shutdown(self)
         network = getattr(self, "_didcomm", None)
+        if network is not None:
+            network.computing(False)
+        await original_shutdown(self)
         if network is not None:
             network.unwatch_signals()
             network.log_report()

@@ -832,6 +832,15 @@ class DidcommNetwork:
                 with contextlib.suppress(Exception):
                     link.fail(exc, linger=True)  # the process exits soon: it closes
 
+    def computing(self, now: bool) -> None:
+        """MPyC computes (``now``: between ``start()`` and ``shutdown()``): a link MPyC
+        closes meanwhile, as ``async with mpc:`` does when its body raises, is closed
+        with ``crashed`` as the reason, so the peers stop saying so instead of waiting
+        for ever (as they do under plain TCP)."""
+        code = f"e.p.mpyc.crashed.p{self.pid}" if now else ""
+        for link in self.links.values():
+            link.close_code = code
+
     def watch_signals(self) -> None:
         """While MPyC computes, Ctrl-C, SIGTERM and SIGHUP (``kill``, ``timeout``, a
         closed terminal) CLOSE this party's links with why before it exits, instead of

@@ -205,6 +205,9 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
         self._turn = False  # an end-of-turn flush is scheduled
         self._closing = False
         self._heard_control = False  # an authenticated control frame came (see peer_proven)
+        # The code close() sends: "" (a normal end, MPyC's shutdown), or why this party
+        # drops the link while computing (set by the MPyC integration).
+        self.close_code = ""
 
     # -- the byte path below (asyncio.Protocol) ------------------------------------------
 
@@ -598,7 +601,7 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
         self._flush()
         channel = self._channel
         if channel is not None and channel.state is ChannelState.ESTABLISHED:
-            channel.close()
+            channel.close(self.close_code)
             self._send_control(channel)
         self._cancel_timer()
         if self._lower is not None:

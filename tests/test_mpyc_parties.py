@@ -384,6 +384,21 @@ def test_another_program_at_a_party_address_is_named(parties: Parties, tmp_path:
     assert "Traceback" not in results[0].out + results[0].err
 
 
+def test_a_party_whose_program_fails_stops_the_others(parties: Parties, tmp_path: Path) -> None:
+    """Party 0's program raises inside ``async with mpc:``; MPyC closes its links without
+    a shutdown.  Under plain TCP the others would wait for ever; here they stop at once,
+    saying that party 0 stopped on an error."""
+    roster = parties.roster(3)
+    cmd = [PY, str(PROGRAMS / "fails.py"), "--didcomm", str(roster)]
+    results = run_parties([cmd] * 3, tmp_path, homes=parties.homes[:3], timeout=60)
+    assert results[0].code == 1 and "RuntimeError: party 0 fails on purpose" in results[0].err
+    for r in results:
+        assert r.lines[:1] == ["sum 6"], r.out
+    for r in results[1:]:
+        assert r.code == 1, r.err
+        assert "party 0 (p0) stopped on an error (its own output says which)" in r.err, r.err
+
+
 def _kill_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         if p.poll() is None:
