@@ -1,6 +1,7 @@
 """The embedded mediator of local mode: a ``didsession-mediator`` on a free loopback port.
 
-It runs as a child process (``python -m mediator``), not inside party 0: relayed records
+It runs as a child process (``python -m mediator``, through :mod:`mpyc_adapter.lifetime`
+so that it dies with its parent), not inside party 0: relayed records
 then cost party 0's interpreter nothing, and the mediator's event loop never waits for
 MPyC's.  Its data directory is throw-away; STUN is off (everything is on loopback); relay
 quotas are off (a long computation may move more than the default 1 GiB).
@@ -19,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from didsession.errors import ConfigError
+from mpyc_adapter.lifetime import child_env
 
 __all__ = ["EmbeddedMediator", "mediator_available", "start_embedded_mediator"]
 
@@ -48,6 +50,7 @@ class EmbeddedMediator:
             [
                 sys.executable,
                 "-m",
+                "mpyc_adapter.lifetime",  # dies with this process, whatever kills it
                 "mediator",
                 "--host",
                 HOST,
@@ -70,6 +73,7 @@ class EmbeddedMediator:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=child_env(),
             # Not in the terminal's process group: a Ctrl-C goes to whoever started it,
             # which stops it (stop()) after its parties; killed first, it would make them
             # fail with "cannot reach the mediator" instead of stopping quietly.

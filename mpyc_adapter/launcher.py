@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from mpyc_adapter.hook import WAIT_ENV, our_options
+from mpyc_adapter.lifetime import child_env, die_with_parent
 
 if TYPE_CHECKING:
     from mpyc_adapter.party import PartyPlan
@@ -47,9 +48,6 @@ __all__ = ["LocalParties", "launch_local"]
 GRACE = 20.0
 # How long a party started by local mode waits for party 0 to write the roster.
 WAIT = 60.0
-# Party 0's process id, for the parties it starts (see _die_with_parent).
-PARENT_ENV = "DIDSESSION_MPYC_PARENT"
-_PR_SET_PDEATHSIG = 1
 _FLAGS = {
     "debug": "d",
     "inspect": "i",
@@ -63,20 +61,6 @@ _FLAGS = {
     "quiet": "q",
     "isolated": "I",
 }
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when party 0 dies (it ignores the signals that would
-    otherwise stop it, see :meth:`LocalParties.start`); if party 0 is already gone, exit."""
-    parent = os.environ.get(PARENT_ENV)
-    if not parent:
-        return
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if str(os.getppid()) != parent:
-        raise SystemExit(1)
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
@@ -244,7 +228,7 @@ def launch_local(options: argparse.Namespace) -> PartyPlan:
             raise SystemExit(f"didsession: error: {exc}") from None
     extra = ["--didcomm-private-args"] if ours.didcomm_private_args else []
     target = main_target(sys.argv[0])
-    env = dict(os.environ, **{WAIT_ENV: str(WAIT), PARENT_ENV: str(os.getpid())})
+    env = child_env(dict(os.environ, **{WAIT_ENV: str(WAIT)}))
     for i in range(m - 1, 0, -1):
         cmd = [
             sys.executable,
@@ -316,7 +300,7 @@ def launch_local(options: argparse.Namespace) -> PartyPlan:
 def wait_for_roster(path: str) -> None:
     """A party started by local mode: die with party 0 (see :meth:`LocalParties.start`),
     and wait until it has written the roster."""
-    _die_with_parent()
+    die_with_parent()
     limit = float(os.environ.get(WAIT_ENV, "0") or 0)
     deadline = time.monotonic() + limit
     while not os.path.exists(path) and time.monotonic() < deadline:

@@ -671,11 +671,12 @@ def _running_from(directory: Path) -> str:
 
 
 def test_local_mode_parties_die_with_party_0(tmp_path: Path) -> None:
-    """Party 0 of ``-M3 --didcomm`` killed outright (SIGKILL: no cleanup runs): the
-    parties it started, which ignore SIGTERM, do not linger (``PR_SET_PDEATHSIG``)."""
+    """Party 0 of ``-M3 --didcomm --didcomm-relay`` killed outright (SIGKILL: no cleanup
+    runs): neither the parties it started, which ignore SIGTERM, nor the embedded
+    mediator, in a session of its own, linger (``PR_SET_PDEATHSIG``)."""
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    cmd = [PY, str(PROGRAMS / "sums.py"), "100000", "-M3", "--didcomm"]
+    cmd = [PY, str(PROGRAMS / "sums.py"), "100000", "-M3", "--didcomm", "--didcomm-relay"]
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.DEVNULL,
