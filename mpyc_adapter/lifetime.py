@@ -4,7 +4,8 @@ Local mode's parties ignore the signals that would stop them (party 0 kills them
 :mod:`mpyc_adapter.launcher`), and the embedded mediator runs in its own session (see
 :mod:`mpyc_adapter.embedded`): if their parent dies without cleaning up (SIGKILL, the
 out-of-memory killer), nothing else would stop them.  ``PR_SET_PDEATHSIG`` makes the
-kernel kill them then.  The parent names itself in :data:`PARENT_ENV`; a child whose
+kernel kill them then (strictly: when the parent *thread* that started them ends, so
+start such children from the main thread).  The parent names itself in :data:`PARENT_ENV`; a child whose
 parent is already gone by the time it asks exits at once.
 
 ``python -m mpyc_adapter.lifetime MODULE ARG...`` runs ``python -m MODULE ARG...`` that way.
