@@ -98,6 +98,10 @@ def main_target(argv0: str) -> list[str]:
     return [argv0]
 
 
+def _exit_for(signum: int) -> None:
+    raise SystemExit(128 + signum)
+
+
 class _Hurry(Exception):
     """A signal while cleanup waits for the other parties."""
 
@@ -120,11 +124,27 @@ class LocalParties:
         parties ignore these signals (see :meth:`start`)."""
 
         def on_signal(signum: int, frame: Any) -> None:
+            first = self.signal is None
             self.aborted = True
-            self.signal = signum
-            name = "interrupted" if signum == signal.SIGINT else signal.Signals(signum).name
-            print(f"didsession: {name}: stopping the local parties", file=sys.stderr, flush=True)
-            raise SystemExit(128 + signum)
+            self.signal = self.signal or signum
+            if first:
+                name = "interrupted" if signum == signal.SIGINT else signal.Signals(signum).name
+                with contextlib.suppress(OSError):
+                    print(
+                        f"didsession: {name}: stopping the local parties",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            # Raised here, between any two bytecodes, the exit can be swallowed (inside a
+            # weakref callback, "Exception ignored") or end a task instead of the program:
+            # while MPyC's loop runs, it is raised from a loop callback.  A second signal
+            # exits here and now.
+            aio = sys.modules.get("asyncio")
+            loop = aio._get_running_loop() if aio is not None else None
+            if first and loop is not None:
+                loop.call_soon_threadsafe(_exit_for, signum)
+                return
+            _exit_for(signum)
 
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):

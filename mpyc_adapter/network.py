@@ -785,8 +785,8 @@ class DidcommNetwork:
         so that they stop too, saying why.  The exit is a SystemExit raised from a plain
         event-loop callback, so it leaves ``run_until_complete`` and the program.
         """
-        if self._stopping:
-            return
+        if self._stopping or self._local_aborted():
+            return  # already stopping, or local mode's party 0 stops everything itself
         self._stopping = True
         self._stop_code = code
         print(f"didsession: error: party {self.pid}: {message}", file=sys.stderr, flush=True)
@@ -808,8 +808,7 @@ class DidcommNetwork:
         longer runs, so only what the path writes at once (a TCP socket) gets out; a
         relay path's writes are lost (a signal while the loop runs does better, see
         :meth:`watch_signals`)."""
-        local = self.plan.extra.get("local")
-        if local is not None and local.aborted:
+        if self._local_aborted():
             return  # local mode's party 0 kills the others itself, quietly
         kind = getattr(sys, "last_type", None)  # set by an uncaught exception
         if self._signal is not None:
@@ -818,6 +817,13 @@ class DidcommNetwork:
             self._leave("interrupted")
         else:
             self._leave("crashed" if kind is not None else "exited")
+
+    def _local_aborted(self) -> bool:
+        """Local mode's party 0 is being stopped (a signal, an error): it kills the other
+        parties itself, and what its links do meanwhile is no news (a signal handler
+        that raises may end a relay path's task, which then reports the path lost)."""
+        local = self.plan.extra.get("local")
+        return local is not None and bool(local.aborted)
 
     def _leave(self, why: str) -> None:
         """CLOSE every link with ``e.p.mpyc.<why>.p<pid>`` (see :data:`_LEFT_PHRASES`)."""
