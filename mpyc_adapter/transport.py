@@ -686,9 +686,10 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
     def _fail(self, exc: ProtocolError, *, linger: bool = False) -> None:
         """A fatal error on the link: CLOSE with its code, close the path, report it.
 
-        ``linger``: only end the sending side of the path (where it can), reading on, so
-        that the CLOSE reaches the peer: a TCP socket closed with unread data resets
-        the connection, and the peer may lose the CLOSE with it."""
+        ``linger``: do not close the path, only end its sending side where it can, and
+        read on, so that the CLOSE reaches the peer (a TCP socket closed with unread data
+        resets the connection, and the peer may lose the CLOSE with it); the peer
+        closes, or this process exits."""
         if self.state is LinkState.FAILED:
             return
         was_open = self.state is LinkState.OPEN
@@ -701,10 +702,12 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
         self._cancel_timer()
         lower = self._lower
         if lower is not None:
-            if linger and _can_write_eof(lower):
-                lower.write_eof()  # type: ignore[attr-defined]
-            else:
+            if not linger:
                 lower.close()
+            elif _can_write_eof(lower):
+                lower.write_eof()  # type: ignore[attr-defined]
+            # else (a relay path): left open; the peer closes it once it read the CLOSE
+            # (closed from here, the relay may tell the peer before the CLOSE arrives)
         if not self._agreement.done():
             self._agreement.set_exception(exc)
             self._agreement.exception()
