@@ -15,6 +15,16 @@ from didsession.errors import DidSessionError, MediationError
 __all__ = ["RelayPath"]
 
 
+def can_write_eof(transport: Any) -> bool:
+    """Whether ``transport`` can half-close now.  Duck-typed (uvloop's transports are not
+    registered as ``asyncio.WriteTransport``) and tolerant (``asyncio.Transport``'s own
+    ``can_write_eof`` raises ``NotImplementedError``)."""
+    try:
+        return bool(transport.can_write_eof()) and not transport.is_closing()
+    except (NotImplementedError, AttributeError):
+        return False
+
+
 class RelayPath(asyncio.Transport):
     """A relay link as an asyncio transport driving a Protocol: each ``write`` becomes one
     relay frame, each relay frame one ``data_received``; sends keep their order."""

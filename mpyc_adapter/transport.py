@@ -63,6 +63,7 @@ from didsession.errors import (
     ProtocolError,
     RemoteProtocolError,
 )
+from didsession.relay_transport import can_write_eof
 from didsession.session import (
     OVERHEAD,
     Channel,
@@ -704,7 +705,7 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
         if lower is not None:
             if not linger:
                 lower.close()
-            elif _can_write_eof(lower):
+            elif can_write_eof(lower):
                 lower.write_eof()  # type: ignore[attr-defined]
             # else (a relay path): left open; the peer closes it once it read the CLOSE
             # (closed from here, the relay may tell the peer before the CLOSE arrives)
@@ -739,15 +740,6 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
         channel.handle_timer(time.time())
         self._send_control(channel)
         self._arm_timer()
-
-
-def _can_write_eof(transport: Any) -> bool:
-    """Duck-typed (uvloop's transports are not registered as ``asyncio.WriteTransport``)
-    and tolerant (``asyncio.Transport``'s own ``can_write_eof`` raises, e.g. a relay path's)."""
-    try:
-        return bool(transport.can_write_eof()) and not transport.is_closing()
-    except (NotImplementedError, AttributeError):
-        return False
 
 
 def _not_connected(data: bytes) -> None:

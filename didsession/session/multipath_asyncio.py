@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from didsession.errors import FrameError, RemoteProtocolError
+from didsession.relay_transport import can_write_eof
 from didsession.session.channel import Channel
 from didsession.session.events import Event
 from didsession.session.keyschedule import path_check_key
@@ -317,7 +318,7 @@ class MultipathTransport(asyncio.Transport):
             # Half-close first and keep reading: closing a TCP socket while the peer still
             # sends (its ACKs, its own CLOSE) makes the kernel answer with a RST, which can
             # destroy our CLOSE frame in the peer's receive buffer.
-            if _can_write_eof(transport):
+            if can_write_eof(transport):
                 with contextlib.suppress(OSError, RuntimeError):
                     transport.write_eof()  # type: ignore[attr-defined]
                     self._loop.call_later(CLOSE_GRACE, transport.close)
@@ -550,13 +551,6 @@ async def dial_direct(
         if aclose is not None:
             with contextlib.suppress(RuntimeError):
                 await aclose()
-
-
-def _can_write_eof(transport: Any) -> bool:
-    try:
-        return bool(transport.can_write_eof()) and not transport.is_closing()
-    except (NotImplementedError, AttributeError):
-        return False
 
 
 def _fmt(addr: Any) -> str | None:
