@@ -47,7 +47,15 @@ else:
     # pull in importlib.resources, tempfile and more (~10 ms) that MPyC never needs.
     _Loader = _Finder = object
 
-__all__ = ["LOCAL", "activate", "add_options", "install", "our_options", "wanted"]
+__all__ = [
+    "LOCAL",
+    "activate",
+    "add_options",
+    "install",
+    "our_options",
+    "timeout_seconds",
+    "wanted",
+]
 
 # ``--didcomm`` without a roster: local mode.
 LOCAL = ""
@@ -86,10 +94,37 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "everything else must still match",
     )
     group.add_argument(
+        "--didcomm-timeout",
+        metavar="s",
+        help="a party whose machine has not answered for s seconds while a link waits "
+        "for it (switched off, asleep, off the network) is taken as gone: every party "
+        "stops, saying which (default 60; 0: wait as long as TCP does, up to ~15 minutes "
+        "or for ever).  A party busy computing still answers",
+    )
+    group.add_argument(
         "--didcomm-relay",
         action="store_true",
         help="local mode: carry every link through the embedded mediator's relay",
     )
+
+
+def timeout_seconds(text: str | None) -> float | None:
+    """The value of ``--didcomm-timeout`` (None: not given).
+
+    Raises:
+        ConfigError: not a number of seconds from 0 to a day.
+    """
+    if text is None:
+        return None
+    from didsession.errors import ConfigError
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--didcomm-timeout {text}: not a number of seconds") from None
+    if not 0 <= value <= 86_400:
+        raise ConfigError(f"--didcomm-timeout {text}: give 0 (no timeout) to 86400 seconds")
+    return value
 
 
 def normalize_argv(argv: Sequence[str]) -> list[str]:
@@ -249,6 +284,7 @@ def _plan(options: argparse.Namespace, taken: str | None = None) -> Any:
 
     if options.config or options.parties:
         raise ConfigError("--didcomm replaces -C/-P: the roster says who the parties are")
+    timeout = timeout_seconds(options.didcomm_timeout)
     if options.ssl:
         raise ConfigError(
             "--didcomm and --ssl exclude each other: sessions already encrypt and "
@@ -294,13 +330,16 @@ def _plan(options: argparse.Namespace, taken: str | None = None) -> Any:
         sys.argv += ["-M", str(len(roster))]
     if options.index is None:
         sys.argv += ["-I", str(pid)]
-    return PartyPlan(
+    plan = PartyPlan(
         roster=roster,
         pid=pid,
         identity=identity,
         private_args=options.didcomm_private_args,
         script=sys.argv[0],
     )
+    if timeout is not None:
+        plan.timeout = timeout
+    return plan
 
 
 def _after_runtime(module: ModuleType, plan: Any) -> None:

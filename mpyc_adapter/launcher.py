@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from mpyc_adapter.hook import WAIT_ENV, our_options
+from mpyc_adapter.hook import WAIT_ENV, our_options, timeout_seconds
 from mpyc_adapter.lifetime import child_env, die_with_parent
 
 if TYPE_CHECKING:
@@ -247,6 +247,9 @@ def launch_local(options: argparse.Namespace) -> PartyPlan:
         except Exception as exc:
             raise SystemExit(f"didsession: error: {exc}") from None
     extra = ["--didcomm-private-args"] if ours.didcomm_private_args else []
+    timeout = timeout_seconds(ours.didcomm_timeout)  # checked by hook._plan already
+    if timeout is not None:
+        extra += ["--didcomm-timeout", repr(timeout)]
     target = main_target(sys.argv[0])
     env = child_env(dict(os.environ, **{WAIT_ENV: str(WAIT)}))
     for i in range(m - 1, 0, -1):
@@ -306,7 +309,7 @@ def launch_local(options: argparse.Namespace) -> PartyPlan:
         "0",
         *extra,
     ]
-    return PartyPlan(
+    plan = PartyPlan(
         roster=roster,
         pid=0,
         identity=identities[0],
@@ -315,6 +318,9 @@ def launch_local(options: argparse.Namespace) -> PartyPlan:
         local=root,
         extra={"local": local},
     )
+    if timeout is not None:
+        plan.timeout = timeout
+    return plan
 
 
 def wait_for_roster(path: str) -> None:

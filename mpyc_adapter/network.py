@@ -72,16 +72,21 @@ from mpyc_adapter.paths import (
     PathKind,
     bind_host,
     choose_path,
+    gone,
+    keep_alive,
     open_relay_path,
     relay_session_id,
+    silence,
 )
 from mpyc_adapter.roster import format_addr, short_did
 from mpyc_adapter.transport import (
     DEFAULT_EAGER_BYTES,
     DEFAULT_MAX_BATCH,
     DEFAULT_RECORD_LIMIT,
+    SILENT,
     LinkState,
     SessionTransport,
+    silent,
 )
 
 __all__ = ["REPORT_ENV", "DidcommNetwork"]
@@ -134,6 +139,7 @@ _LEFT_PHRASES = {
     "hangup": "was stopped by SIGHUP (its terminal closed?)",
     "crashed": "stopped on an error (its own output says which)",
     "exited": "exited before mpc.shutdown()",
+    "lost": "stopped answering (its machine is off, asleep or off the network?)",
 }
 _SIGNAL_REASONS: dict[int, str] = {
     signal.SIGINT: "interrupted",
@@ -248,6 +254,8 @@ class DidcommNetwork:
         self.eager_bytes = int(os.environ.get(EAGER_ENV) or DEFAULT_EAGER_BYTES)
         self._signals: dict[int, Any] = {}  # watch_signals: signal -> previous handler
         self._signal: int | None = None  # the signal that stops this party
+        self.timeout = plan.timeout  # seconds of silence after which a peer is gone
+        self._liveness: asyncio.TimerHandle | None = None
         atexit.register(self._at_exit)
 
     # -- what MPyC's start() calls -----------------------------------------------------------
@@ -417,6 +425,7 @@ class DidcommNetwork:
             return link
         self._unreached.pop(peer, None)
         link.path_info["path"] = "direct"
+        self._keep_alive(link)
         return link
 
     def _waiting(self, peer: int, host: Any, port: Any, why: str) -> None:
@@ -563,6 +572,7 @@ class DidcommNetwork:
         self, link: SessionTransport, lower: dict[str, int], factory: Callable[[], Any]
     ) -> None:
         await link.connected()
+        self._keep_alive(link)
         remote = link.get_extra_info("peername")
         host = str(remote[0]) if isinstance(remote, tuple) and remote else "?"
         pending = self._pending
@@ -748,7 +758,15 @@ class DidcommNetwork:
     def _on_link_fatal(self, link: SessionTransport, exc: DidSessionError) -> None:
         if link.path_info.get("stopping"):
             return
-        if exc.code.startswith("e.p.mpyc."):
+        if exc.code == SILENT:
+            peer = next((p for p, other in self.links.items() if other is link), None)
+            waited = f"{self.timeout:g} s (--didcomm-timeout)" if self.timeout > 0 else "long"
+            self.stop(
+                f"{link.label} stopped answering: nothing from its machine for {waited}; "
+                "is it off, asleep or off the network?",
+                code=f"e.p.mpyc.lost.p{peer}" if peer is not None else "e.p.mpyc.stopped",
+            )
+        elif exc.code.startswith("e.p.mpyc."):
             self._peer_stopped(link, exc)
         else:
             self.stop(f"the session with {link.label} failed: {exc.message}")
@@ -769,7 +787,13 @@ class DidcommNetwork:
             self.stop(f"{link.label} runs a different program (it said so)", code=code)
         elif left := _left(code):
             phrase, gone = _LEFT_PHRASES[left[0]], left[1]
-            if 0 <= gone < len(self.roster) and self.party_label(gone) == link.label:
+            if left[0] == "lost" and gone == self.pid:  # alive here, but cut off from there
+                self.stop(
+                    f"{link.label} stopped: a party heard nothing from this party for too "
+                    "long (is the network between us down?)",
+                    code=code,
+                )
+            elif 0 <= gone < len(self.roster) and self.party_label(gone) == link.label:
                 self.stop(f"{link.label} {phrase}; stopping too", code=code)
             else:
                 self.stop(f"{link.label} stopped: party {gone} {phrase}", code=code)
@@ -846,6 +870,30 @@ class DidcommNetwork:
         code = f"e.p.mpyc.crashed.p{self.pid}" if now else ""
         for link in self.links.values():
             link.close_code = code
+        if self._liveness is not None:
+            self._liveness.cancel()
+            self._liveness = None
+        if now and self.timeout > 0 and self._loop is not None:
+            self._liveness = self._loop.call_later(self.timeout / 8, self._check_liveness)
+
+    def _keep_alive(self, link: SessionTransport) -> None:
+        """A direct TCP link: the kernel probes it while idle, and _check_liveness looks
+        at it (see mpyc_adapter.paths)."""
+        if link.lower is not None and keep_alive(link.lower, self.timeout):
+            link.path_info["watched"] = True
+
+    def _check_liveness(self) -> None:
+        """Every eighth of the timeout while computing: a direct link with data in flight
+        that the peer's machine has not answered for the timeout is failed (its peer is
+        gone; see mpyc_adapter.paths).  The kernel's keepalive covers idle links."""
+        self._liveness = None
+        for link in list(self.links.values()):
+            lower = link.lower
+            if link.state is LinkState.OPEN and lower is not None and link.path_info.get("watched"):
+                if gone(silence(lower), self.timeout):
+                    link.fail(silent(link.label))
+        if not self._stopping and self._loop is not None:
+            self._liveness = self._loop.call_later(self.timeout / 8, self._check_liveness)
 
     def watch_signals(self) -> None:
         """While MPyC computes, Ctrl-C, SIGTERM and SIGHUP (``kill``, ``timeout``, a

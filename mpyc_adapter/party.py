@@ -19,7 +19,11 @@ from didsession.errors import ConfigError, IdentityError
 from didsession.identity import Identity, Store, default_home
 from mpyc_adapter.roster import Roster, short_did
 
-__all__ = ["PartyPlan", "load_identity"]
+__all__ = ["DEFAULT_TIMEOUT", "PartyPlan", "load_identity"]
+
+# Seconds without a word from a party's machine after which it is taken as gone
+# (--didcomm-timeout; see mpyc_adapter.paths).  Long enough for a brief network outage.
+DEFAULT_TIMEOUT = 60.0
 
 
 @dataclass
@@ -32,6 +36,8 @@ class PartyPlan:
         private_args: the program's arguments are not compared (``--didcomm-private-args``).
         script: the path of the main script (hashed for program agreement).
         local: in local mode (``-M m --didcomm``), the throw-away directory.
+        timeout: seconds without a word from a peer's machine after which it is gone
+            (``--didcomm-timeout``; 0: as long as TCP waits).
     """
 
     roster: Roster
@@ -41,6 +47,7 @@ class PartyPlan:
     script: str | None = None
     local: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    timeout: float = DEFAULT_TIMEOUT
 
 
 def load_identity(

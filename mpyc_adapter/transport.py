@@ -82,9 +82,11 @@ __all__ = [
     "DEFAULT_EARLY_LIMIT",
     "DEFAULT_MAX_BATCH",
     "DEFAULT_RECORD_LIMIT",
+    "SILENT",
     "LinkState",
     "LinkStats",
     "SessionTransport",
+    "silent",
 ]
 
 # How many MPyC writes one record carries at most, and its largest payload (see
@@ -95,6 +97,8 @@ DEFAULT_RECORD_LIMIT = (64 << 10) - 256
 # MPyC payloads held back until MPyC takes a link prepared ahead: a peer computes little
 # before every party is connected, so an honest one stays far below this.
 DEFAULT_EARLY_LIMIT = 64 << 20
+# The close code of a link whose peer's machine stopped answering (mpyc_adapter.paths).
+SILENT = "e.p.msg.session.timeout"
 _U32 = struct.Struct(">I")
 _U16LE = struct.Struct("<H")
 
@@ -303,6 +307,8 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
             if self._closing:
                 self.state = LinkState.CLOSED
                 self._notify_app_lost()
+            elif isinstance(exc, TimeoutError):  # the kernel's keepalive gave up (paths.py)
+                self._fail(silent(self.label))
             else:
                 why = f": {exc}" if exc else ""
                 self._fail(
@@ -740,6 +746,11 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
         channel.handle_timer(time.time())
         self._send_control(channel)
         self._arm_timer()
+
+
+def silent(label: str) -> RemoteProtocolError:
+    """The error of a link whose peer's machine stopped answering (spec/session.md §10)."""
+    return RemoteProtocolError(f"{label} stopped answering", code=SILENT)
 
 
 def _not_connected(data: bytes) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,7 +28,7 @@ import pytest
 from didsession.identity import Identity, Store
 from mpyc_adapter.embedded import EmbeddedMediator, mediator_available, start_embedded_mediator
 from mpyc_adapter.launcher import free_ports
-from mpyc_adapter.roster import Party, Roster
+from mpyc_adapter.roster import Party, Roster, load_roster
 
 PROGRAMS = Path(__file__).parent / "mpyc_programs"
 PY = sys.executable
@@ -478,6 +479,94 @@ def test_a_stopped_party_tells_the_others_why(
         assert "broke" not in err and "Traceback" not in err
 
 
+@contextlib.contextmanager
+def _namespace() -> Iterator[str]:
+    """A network namespace with loopback only: what a test does to packets stays in it."""
+    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("iptables"):
+        pytest.skip("needs root, ip and iptables (network namespaces)")
+    name = f"dsv{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+def _link_port(ns: str, pid: int, port: int) -> int:
+    """The local port of process ``pid``'s connection to ``port`` in namespace ``ns``."""
+    ss = ["ip", "netns", "exec", ns, "ss", "-Htnp", "state", "established", "dport", f":{port}"]
+    for line in subprocess.run(ss, capture_output=True, text=True, check=True).stdout.splitlines():
+        if f"pid={pid}," in line:
+            return int(line.split()[2].rpartition(":")[2])
+    raise AssertionError(f"no connection of {pid} to port {port}")
+
+
+@pytest.mark.parametrize("mode", ["idle", "busy", "partial"])
+def test_a_vanished_party_is_given_up(parties: Parties, tmp_path: Path, mode: str) -> None:
+    """Party 2's machine drops off the network while the three compute (every packet to
+    or from it is dropped; nothing is closed).  With ``--didcomm-timeout 3`` every party
+    stops within seconds, naming the party that stopped answering, instead of waiting
+    for ever (idle: the others wait for party 2, and the kernel's keepalive finds it
+    gone) or for TCP's ~15 minutes of retransmissions (busy: data in flight to it).
+    Partial: only the path between parties 0 and 2 breaks (party 2 waits 30 s itself);
+    party 2 hears from party 1 that a party lost it."""
+    roster = parties.roster(3)
+    addr = load_roster(roster).parties[2].addr
+    assert addr is not None
+    cut: list[float] = []
+    with _namespace() as ns:
+
+        def cut_when_computing(procs: list[subprocess.Popen[bytes]]) -> bool:
+            outs = [(tmp_path / f"p{i}.out").read_text() for i in range(3)]
+            if not cut and all("computing" in out for out in outs):
+                time.sleep(0.3)  # busy: rounds in full swing
+                if mode == "partial":
+                    p0 = str(_link_port(ns, procs[0].pid, addr[1]))
+                    pairs = [("--sport", p0, "--dport", str(addr[1]))]
+                    pairs.append(("--sport", str(addr[1]), "--dport", p0))
+                else:
+                    pairs = [("--dport", str(addr[1])), ("--sport", str(addr[1]))]
+                for match in pairs:
+                    rule = ["INPUT", "-p", "tcp", *match, "-j", "DROP"]
+                    subprocess.run(["ip", "netns", "exec", ns, "iptables", "-I", *rule], check=True)
+                cut.append(time.monotonic())
+            return False
+
+        program = "idle" if mode == "partial" else mode
+        cmd = ["ip", "netns", "exec", ns, PY, str(PROGRAMS / "vanish.py"), program]
+        cmd += ["--didcomm", str(roster), "--didcomm-timeout", "3"]
+        cmds = [cmd, cmd, [*cmd[:-1], "30" if mode == "partial" else "3"]]
+        results = run_parties(
+            cmds, tmp_path, homes=parties.homes[:3], done=cut_when_computing, timeout=60
+        )
+    assert cut, _tails(tmp_path, 3)
+    took = time.monotonic() - cut[0]
+    assert took < 20, f"{took:.1f} s after the cut:\n{_tails(tmp_path, 3)}"
+    for i, r in enumerate(results):
+        assert r.code == 1 and "Traceback" not in r.err, f"party {i}: {r.code}\n{r.err}"
+    for r in results[:2]:
+        assert "party 2 (p2) stopped answering" in r.err or "party 2 stopped answering" in r.err
+        assert "nothing from its machine for 3 s" in r.err or "stopped: party 2 stopped" in r.err
+    if mode == "partial":
+        assert "party 0: party 2 (p2) stopped answering: nothing" in results[0].err
+        said = "party 1 (p1) stopped: a party heard nothing from this party for too long"
+        assert said in results[2].err, results[2].err
+    else:
+        assert re.search(r"party [01] \(p[01]\) stopped answering", results[2].err), results[2].err
+
+
+def test_a_busy_party_is_not_given_up(parties: Parties, tmp_path: Path) -> None:
+    """Party 2's event loop stands still for three times the timeout while party 0 sends
+    it 100,000 numbers, so its receive window fills: its machine still answers, so no
+    party is given up, and the sum is right."""
+    roster = parties.roster(3)
+    args = ["block", "6", "--didcomm-timeout", "2"]
+    results = ok(parties.didcomm("vanish.py", args, roster, 3, tmp_path))
+    for r in results:
+        assert "sum 4999950000" in r.lines, r.out
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -705,6 +794,7 @@ def test_help_lists_didcomm_and_bad_options_fail_early(tmp_path: Path) -> None:
     prog = str(PROGRAMS / "sums.py")
     help_ = subprocess.run([PY, prog, "-H"], capture_output=True, timeout=60)
     assert help_.returncode == 0 and b"--didcomm [roster]" in help_.stdout
+    assert b"--didcomm-timeout s" in help_.stdout
     for args, message in (
         (["--didcomm", "missing.json"], "cannot read roster"),
         (["--didcomm"], "or -M m to run m local parties"),
@@ -713,6 +803,8 @@ def test_help_lists_didcomm_and_bad_options_fail_early(tmp_path: Path) -> None:
         (["-M3", "--didcomm", "--didcomm-identity", "a"], "makes fresh identities"),
         (["--didcomm", "r.json", "--ssl"], "exclude each other"),
         (["-M3", "-I", "1", "--didcomm"], "starts all m parties itself"),
+        (["--didcomm", "r.json", "--didcomm-timeout", "soon"], "not a number of seconds"),
+        (["-M3", "--didcomm", "--didcomm-timeout", "-1"], "give 0 (no timeout) to 86400"),
     ):
         run = subprocess.run([PY, prog, *args], capture_output=True, timeout=60, cwd=tmp_path)
         assert run.returncode == 1, args

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
+import socket
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +20,7 @@ from mpyc_adapter import hook
 from mpyc_adapter.agreement import Program, differences
 from mpyc_adapter.hook import normalize_argv, our_options, wanted
 from mpyc_adapter.party import load_identity
-from mpyc_adapter.paths import PathKind, choose_path
+from mpyc_adapter.paths import PathKind, choose_path, gone, keep_alive, silence
 from mpyc_adapter.roster import (
     Party,
     Roster,
@@ -282,3 +284,40 @@ def test_our_start_up_runs_with_the_collector_paused_and_mpyc_does_not(
     with pytest.raises(SystemExit):
         loader.exec_module(ModuleType("mpyc.runtime"))
     assert gc.isenabled()
+
+
+def test_direct_paths_get_keepalive_and_report_silence() -> None:
+    """keep_alive tunes the kernel's keepalive so that an idle connection whose peer's
+    machine went quiet fails ~timeout s later (first probe at half, then every eighth);
+    silence reads the kernel's view of the peer; gone needs data in flight unanswered."""
+
+    async def main() -> None:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        transport = writer.transport
+        assert keep_alive(transport, 60)
+        sock = transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        tuned = [
+            sock.getsockopt(socket.IPPROTO_TCP, opt)
+            for opt in (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT)
+        ]
+        assert tuned == [30, 8, 4]
+        quiet = silence(transport)
+        assert quiet is not None and quiet[0] < 5 and quiet[1] == 0
+        assert not gone(quiet, 60)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+
+    class NoSocket(asyncio.Transport):
+        pass
+
+    assert not keep_alive(NoSocket(), 60) and silence(NoSocket()) is None
+    assert gone((61.0, 1), 60)
+    assert not gone((61.0, 0), 60)  # nothing in flight (idle, or the peer's window full)
+    assert not gone((59.0, 3), 60)
+    assert not gone(None, 60) and not gone((1e9, 1), 0)
