@@ -80,7 +80,12 @@ class MediatorConfig:
         default=10.0, metadata=_doc("a WebSocket client that does not read this long is dropped")
     )
     ws_heartbeat: float = field(
-        default=60.0, metadata=_doc("WebSocket ping interval in seconds (0: off)")
+        default=60.0,
+        metadata=_doc(
+            "WebSocket ping interval in seconds (0: off); a DIDComm WebSocket that does not "
+            "answer within half of it is dropped, a relay connection only once its machine "
+            "has answered nothing for twice it (a party computing may not answer pings)"
+        ),
     )
     open_mediation: bool = field(
         default=True, metadata=_doc("grant mediation to every DID that asks")

@@ -5,6 +5,13 @@ each binary message to the linked peer.  ``await peer.send_bytes()`` applies bac
 a peer that reads slowly slows its sender, and memory stays bounded by the sockets'
 buffers.  Relays are local to one instance: both ends of a session must reach the same
 mediator process (a deployment behind a load balancer pins ``/relay`` by session).
+
+Liveness: a relay client is pinged every ``ws_heartbeat`` seconds (NATs and proxies see
+traffic), but never dropped for a missing pong.  Its program answers pings only while its
+event loop runs, and an MPyC party computing locally may not run it for minutes: dropped,
+its whole computation would fail.  Whether the client's machine is still there is asked of
+the kernel instead (:mod:`didsession.tcp_liveness`): it is gone when it has answered
+nothing for twice the interval, and its slot is torn down, telling the peer.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from didsession.errors import DIDError, EnvelopeError, MediationError
+from didsession.tcp_liveness import gone, keep_alive, silence
 from mediator.config import MediatorConfig
 from mediator.identity import MediatorIdentity
 from mediator.logs import short_did
@@ -82,13 +90,16 @@ class RelayService:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """GET /relay: one relay connection, from challenge to teardown."""
-        ws = web.WebSocketResponse(
-            max_msg_size=self.config.relay_max_frame_bytes,
-            heartbeat=self.config.ws_heartbeat or None,
-        )
+        ws = web.WebSocketResponse(max_msg_size=self.config.relay_max_frame_bytes)
         await ws.prepare(request)
         self.sockets.add(ws)
         slot: RelaySlot | None = None
+        every = self.config.ws_heartbeat
+        transport = request.transport
+        watch = None
+        if every > 0 and transport is not None:
+            keep_alive(transport, 2 * every)
+            watch = asyncio.get_running_loop().create_task(self._watch(ws, transport, every))
         try:
             slot = await self._open(ws)
             if slot is not None:
@@ -96,12 +107,29 @@ class RelayService:
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            if watch is not None:
+                watch.cancel()
             self.sockets.discard(ws)
             if slot is not None:
                 await self._teardown(slot, "peer left")
             if not ws.closed:
                 await ws.close()
         return ws
+
+    async def _watch(
+        self, ws: web.WebSocketResponse, transport: asyncio.Transport, every: float
+    ) -> None:
+        """Ping every ``every`` s without waiting for a pong; abort the connection once
+        the client's machine has answered nothing for twice that (see the module)."""
+        while not ws.closed:
+            for _ in range(4):
+                await asyncio.sleep(every / 4)
+                if gone(silence(transport), 2 * every):
+                    log.info("relay client gone: its machine stopped answering")
+                    transport.abort()  # the pump ends, and the peer is told
+                    return
+            with contextlib.suppress(Exception):
+                await ws.ping()
 
     async def _open(self, ws: web.WebSocketResponse) -> RelaySlot | None:
         config = self.config

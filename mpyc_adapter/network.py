@@ -59,6 +59,7 @@ from didsession.errors import (
 )
 from didsession.peer import HandshakeCodec
 from didsession.session import PROTOCOL_VERSION, Handshake, Role, SessionConfig
+from didsession.tcp_liveness import gone, keep_alive, silence
 from mpyc_adapter.agreement import (
     KEY_NAMES,
     AgreementError,
@@ -72,11 +73,8 @@ from mpyc_adapter.paths import (
     PathKind,
     bind_host,
     choose_path,
-    gone,
-    keep_alive,
     open_relay_path,
     relay_session_id,
-    silence,
 )
 from mpyc_adapter.roster import format_addr, short_did
 from mpyc_adapter.transport import (
@@ -140,6 +138,7 @@ _LEFT_PHRASES = {
     "crashed": "stopped on an error (its own output says which)",
     "exited": "exited before mpc.shutdown()",
     "lost": "stopped answering (its machine is off, asleep or off the network?)",
+    "failed": "",  # e.p.mpyc.failed.pN: the session with party N failed (see _peer_stopped)
 }
 _SIGNAL_REASONS: dict[int, str] = {
     signal.SIGINT: "interrupted",
@@ -758,8 +757,8 @@ class DidcommNetwork:
     def _on_link_fatal(self, link: SessionTransport, exc: DidSessionError) -> None:
         if link.path_info.get("stopping"):
             return
+        peer = next((p for p, other in self.links.items() if other is link), None)
         if exc.code == SILENT:
-            peer = next((p for p, other in self.links.items() if other is link), None)
             waited = f"{self.timeout:g} s (--didcomm-timeout)" if self.timeout > 0 else "long"
             self.stop(
                 f"{link.label} stopped answering: nothing from its machine for {waited}; "
@@ -769,7 +768,10 @@ class DidcommNetwork:
         elif exc.code.startswith("e.p.mpyc."):
             self._peer_stopped(link, exc)
         else:
-            self.stop(f"the session with {link.label} failed: {exc.message}")
+            self.stop(
+                f"the session with {link.label} failed: {exc.message}",
+                code=f"e.p.mpyc.failed.p{peer}" if peer is not None else "e.p.mpyc.stopped",
+            )
 
     def _peer_stopped(self, link: SessionTransport, exc: DidSessionError) -> None:
         """A peer closed its session with an ``e.p.mpyc`` reason: stop too, saying why,
@@ -787,7 +789,10 @@ class DidcommNetwork:
             self.stop(f"{link.label} runs a different program (it said so)", code=code)
         elif left := _left(code):
             phrase, gone = _LEFT_PHRASES[left[0]], left[1]
-            if left[0] == "lost" and gone == self.pid:  # alive here, but cut off from there
+            if left[0] == "failed":
+                whom = "this party" if gone == self.pid else f"party {gone}"
+                self.stop(f"{link.label} stopped: a session with {whom} failed", code=code)
+            elif left[0] == "lost" and gone == self.pid:  # alive here, but cut off from there
                 self.stop(
                     f"{link.label} stopped: a party heard nothing from this party for too "
                     "long (is the network between us down?)",
@@ -878,14 +883,14 @@ class DidcommNetwork:
 
     def _keep_alive(self, link: SessionTransport) -> None:
         """A direct TCP link: the kernel probes it while idle, and _check_liveness looks
-        at it (see mpyc_adapter.paths)."""
+        at it (see didsession.tcp_liveness)."""
         if link.lower is not None and keep_alive(link.lower, self.timeout):
             link.path_info["watched"] = True
 
     def _check_liveness(self) -> None:
         """Every eighth of the timeout while computing: a direct link with data in flight
         that the peer's machine has not answered for the timeout is failed (its peer is
-        gone; see mpyc_adapter.paths).  The kernel's keepalive covers idle links."""
+        gone; see didsession.tcp_liveness).  The kernel's keepalive covers idle links."""
         self._liveness = None
         for link in list(self.links.values()):
             lower = link.lower

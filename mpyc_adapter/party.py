@@ -22,7 +22,7 @@ from mpyc_adapter.roster import Roster, short_did
 __all__ = ["DEFAULT_TIMEOUT", "PartyPlan", "load_identity"]
 
 # Seconds without a word from a party's machine after which it is taken as gone
-# (--didcomm-timeout; see mpyc_adapter.paths).  Long enough for a brief network outage.
+# (--didcomm-timeout; see didsession.tcp_liveness).  Long enough for a brief network outage.
 DEFAULT_TIMEOUT = 60.0
 
 

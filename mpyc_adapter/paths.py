@@ -15,19 +15,8 @@ Protocol (``connection_made`` / ``data_received`` / ``connection_lost``):
 Which path a link takes is decided by :func:`choose_path` from the roster, identically on
 both sides: direct when the accepting party has an address, else the relay.
 
-**Liveness of direct paths.**  A party whose machine vanishes (power, network, sleep)
-closes nothing.  TCP alone then never tells a party that waits for it (that party has
-nothing to send), and tells one with data in flight only when it gives up retransmitting,
-after ~15 minutes.  So a direct path gets the kernel's keepalive (:func:`keep_alive`:
-probes while idle; the kernel fails the connection with ``ETIMEDOUT``), and the party
-looks at the kernel's TCP state now and then (:func:`silence`, :func:`gone`): data in
-flight that the peer's machine has not answered for the timeout means it is gone.  Both
-watch only the peer's kernel, which answers while the peer's program is busy: a long local
-computation is never taken for a vanished party.  (``TCP_USER_TIMEOUT`` is not used: it
-also fails a connection whose peer is alive but reads nothing for that long, its receive
-window full.)  Not for relay paths (the TCP peer is the mediator, whose WebSocket
-heartbeat watches each party's connection) nor for paths found by NAT traversal, which
-ping each other (spec/session.md §15.6).
+Direct paths are watched for a peer whose machine vanished
+(:mod:`didsession.tcp_liveness`, ``--didcomm-timeout``); relay paths by the mediator.
 """
 
 from __future__ import annotations
@@ -36,9 +25,6 @@ import asyncio
 import contextlib
 import hashlib
 import ipaddress
-import math
-import socket
-import struct
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -55,12 +41,9 @@ __all__ = [
     "RelayPath",
     "bind_host",
     "choose_path",
-    "gone",
-    "keep_alive",
     "open_relay_path",
     "relay_available",
     "relay_session_id",
-    "silence",
 ]
 
 # The mediator's default largest relayed frame is 64 KiB; a record is its payload + 28
@@ -103,63 +86,6 @@ def bind_host(host: str | None) -> str | None:
         if ipaddress.ip_address(host).is_loopback:
             return host
     return None
-
-
-def keep_alive(transport: asyncio.BaseTransport, timeout: float) -> bool:
-    """Turn on the kernel's keepalive for a direct path, tuned so that an idle connection
-    whose peer's machine stopped answering fails (``ETIMEDOUT``) about ``timeout`` seconds
-    after it last heard from it: the first probe after half of it, then every eighth.
-
-    Returns whether it could (a TCP socket; Linux has every option, others some).
-    """
-    sock = transport.get_extra_info("socket")
-    if sock is None or timeout <= 0:
-        return False
-    idle = max(1, round(timeout / 2))
-    interval = max(1, round(timeout / 8))
-    count = max(1, math.ceil((timeout - idle) / interval))
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for name, value in (
-            ("TCP_KEEPIDLE", idle),
-            ("TCP_KEEPINTVL", interval),
-            ("TCP_KEEPCNT", count),
-        ):
-            option = getattr(socket, name, None)
-            if option is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, option, value)
-    except OSError:
-        return False
-    return True
-
-
-# struct tcp_info (Linux, include/uapi/linux/tcp.h): tcpi_unacked at byte 24,
-# tcpi_last_data_recv and tcpi_last_ack_recv (ms ago) at 52 and 56.
-_TCP_INFO = struct.Struct("=24xI24xII")
-
-
-def silence(transport: asyncio.BaseTransport) -> tuple[float, int] | None:
-    """For a TCP path: (seconds since the peer's machine last sent anything, segments we
-    sent that it has not acknowledged), from the kernel; None where it does not say."""
-    sock = transport.get_extra_info("socket")
-    option = getattr(socket, "TCP_INFO", None)
-    if sock is None or option is None:
-        return None
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, option, 104)
-    except OSError:
-        return None
-    if len(info) < _TCP_INFO.size:
-        return None
-    unacked, last_data, last_ack = _TCP_INFO.unpack_from(info)
-    return min(last_data, last_ack) / 1000, unacked
-
-
-def gone(quiet: tuple[float, int] | None, timeout: float) -> bool:
-    """Whether a direct path's peer machine is gone, from :func:`silence`: data in flight
-    and nothing from it for ``timeout`` seconds.  (A full receive window at the peer is
-    not in flight: its machine answers the window probes.)"""
-    return quiet is not None and timeout > 0 and quiet[1] > 0 and quiet[0] >= timeout
 
 
 def relay_session_id(roster: Roster, low: int, high: int, round_: int) -> str:

@@ -97,7 +97,7 @@ DEFAULT_RECORD_LIMIT = (64 << 10) - 256
 # MPyC payloads held back until MPyC takes a link prepared ahead: a peer computes little
 # before every party is connected, so an honest one stays far below this.
 DEFAULT_EARLY_LIMIT = 64 << 20
-# The close code of a link whose peer's machine stopped answering (mpyc_adapter.paths).
+# The close code of a link whose peer's machine stopped answering (didsession.tcp_liveness).
 SILENT = "e.p.msg.session.timeout"
 _U32 = struct.Struct(">I")
 _U16LE = struct.Struct("<H")
@@ -307,7 +307,7 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
             if self._closing:
                 self.state = LinkState.CLOSED
                 self._notify_app_lost()
-            elif isinstance(exc, TimeoutError):  # the kernel's keepalive gave up (paths.py)
+            elif isinstance(exc, TimeoutError):  # the kernel's keepalive gave up (tcp_liveness)
                 self._fail(silent(self.label))
             else:
                 why = f": {exc}" if exc else ""

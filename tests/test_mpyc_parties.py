@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from mediator_proc import mediator_process
 
 from didsession.identity import Identity, Store
 from mpyc_adapter.embedded import EmbeddedMediator, mediator_available, start_embedded_mediator
@@ -556,15 +557,97 @@ def test_a_vanished_party_is_given_up(parties: Parties, tmp_path: Path, mode: st
         assert re.search(r"party [01] \(p[01]\) stopped answering", results[2].err), results[2].err
 
 
-def test_a_busy_party_is_not_given_up(parties: Parties, tmp_path: Path) -> None:
-    """Party 2's event loop stands still for three times the timeout while party 0 sends
-    it 100,000 numbers, so its receive window fills: its machine still answers, so no
-    party is given up, and the sum is right."""
-    roster = parties.roster(3)
-    args = ["block", "6", "--didcomm-timeout", "2"]
-    results = ok(parties.didcomm("vanish.py", args, roster, 3, tmp_path))
+# A mediator that pings its relay clients every 2 s (the default is 60 s; the other tests
+# run it without pings).
+HEARTBEAT = ["--ws-heartbeat", "2", "--relay-quota-bytes", "0", "--relay-quota-frames", "0"]
+
+
+@pytest.mark.parametrize("relay", [False, True], ids=["direct", "relay"])
+def test_a_busy_party_is_not_given_up(parties: Parties, tmp_path: Path, relay: bool) -> None:
+    """Party 2's event loop stands still for three times the timeout (direct) or the
+    mediator's ping interval (relay) while party 0 sends it 100,000 numbers, so its
+    receive window fills: its machine still answers, so no party is given up, and the sum
+    is right.  (The relay dropped such a party when it took a missing pong for a vanished
+    client: a long local step in an MPyC program ended the computation.)"""
+    med = None
+    try:
+        if relay:
+            med = mediator_process(tmp_path / "mediator", extra=HEARTBEAT).start()
+            roster = parties.roster(3, mediator=med.url, relay_only=True)
+        else:
+            roster = parties.roster(3)
+        args = ["block", "6", "--didcomm-timeout", "2"]
+        results = ok(parties.didcomm("vanish.py", args, roster, 3, tmp_path))
+    finally:
+        if med is not None:
+            med.stop()
     for r in results:
         assert "sum 4999950000" in r.lines, r.out
+
+
+def _mediator_in(ns: str, tmp: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """The mediator in namespace ``ns`` (loopback), pinging its relay clients every 2 s."""
+    port = free_ports(1)[0]
+    cmd = ["ip", "netns", "exec", ns, PY, "-m", "mediator", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--data-dir", str(tmp / "mediator"), "--no-stun-enabled"]
+    log = (tmp / "mediator.log").open("wb")
+    proc = subprocess.Popen([*cmd, *HEARTBEAT], stdout=log, stderr=subprocess.STDOUT)
+    probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), 1)"
+    deadline = time.monotonic() + 30
+    while subprocess.run(["ip", "netns", "exec", ns, PY, "-c", probe]).returncode != 0:
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            tmp / "mediator.log"
+        ).read_text()
+        time.sleep(0.1)
+    return f"http://127.0.0.1:{port}", proc
+
+
+def test_a_vanished_party_on_the_relay_is_given_up(parties: Parties, tmp_path: Path) -> None:
+    """Party 2's machine drops off the network while the three wait on relay links: the
+    mediator finds it gone (its kernel answers nothing for twice the ping interval) and
+    tears its relay sessions down, so parties 0 and 1 stop within seconds."""
+    with _namespace() as ns:
+        url, med = _mediator_in(ns, tmp_path)
+        try:
+            roster = parties.roster(3, mediator=url, relay_only=True)
+            port = int(url.rpartition(":")[2])
+            cut: list[float] = []
+
+            def cut_when_computing(procs: list[subprocess.Popen[bytes]]) -> bool:
+                outs = [(tmp_path / f"p{i}.out").read_text() for i in range(3)]
+                if not cut and all("computing" in out for out in outs):
+                    ss = ["ip", "netns", "exec", ns, "ss", "-Htnp", "state", "established"]
+                    listing = subprocess.run(
+                        [*ss, "dport", f":{port}"], capture_output=True, text=True, check=True
+                    ).stdout
+                    mine = [
+                        line.split()[2].rpartition(":")[2]
+                        for line in listing.splitlines()
+                        if f"pid={procs[2].pid}," in line
+                    ]
+                    assert len(mine) == 2, listing  # party 2's relay connections
+                    for local in mine:
+                        for side in ("--sport", "--dport"):
+                            rule = ["INPUT", "-p", "tcp", side, local, "-j", "DROP"]
+                            subprocess.run(["ip", "netns", "exec", ns, "iptables", "-I", *rule])
+                    cut.append(time.monotonic())
+                return bool(cut) and all(p.poll() is not None for p in procs[:2])
+
+            cmd = ["ip", "netns", "exec", ns, PY, str(PROGRAMS / "vanish.py"), "idle"]
+            cmd += ["--didcomm", str(roster)]
+            results = run_parties(
+                [cmd] * 3, tmp_path, homes=parties.homes[:3], done=cut_when_computing, timeout=60
+            )
+        finally:
+            med.kill()
+            med.wait()
+    assert cut, _tails(tmp_path, 3)
+    took = time.monotonic() - cut[0]
+    assert took < 20, f"{took:.1f} s after the cut:\n{_tails(tmp_path, 3)}"
+    for i in (0, 1):
+        err = results[i].err
+        assert results[i].code == 1 and "Traceback" not in err, f"party {i}: {err}"
+        assert "party 2 (p2)" in err or "a session with party 2 failed" in err, err
 
 
 def _rss_kib(pid: int) -> int:

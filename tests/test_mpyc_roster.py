@@ -16,11 +16,12 @@ import pytest
 
 from didsession.errors import ConfigError, IdentityError, RemoteProtocolError
 from didsession.identity import Store
+from didsession.tcp_liveness import gone, keep_alive, silence
 from mpyc_adapter import hook
 from mpyc_adapter.agreement import Program, differences
 from mpyc_adapter.hook import normalize_argv, our_options, wanted
 from mpyc_adapter.party import load_identity
-from mpyc_adapter.paths import PathKind, choose_path, gone, keep_alive, silence
+from mpyc_adapter.paths import PathKind, choose_path
 from mpyc_adapter.roster import (
     Party,
     Roster,

@@ -1,0 +1,88 @@
+"""Is the machine at the other end of a TCP connection still there?  Asked of the kernel.
+
+A machine that vanishes (power, network, sleep) closes nothing.  TCP alone then never
+tells a side that waits for it (that side has nothing to send), and tells one with data
+in flight only when it gives up retransmitting, after ~15 minutes.  An application-level
+ping is no better: the peer's program answers it only while its event loop runs, and an
+MPyC party computing locally may not run it for minutes.  So both checks here watch only
+the peer's kernel, which answers while its program is busy:
+
+* :func:`keep_alive`: the kernel's keepalive, tuned to a timeout.  It probes an idle
+  connection and fails it (``ETIMEDOUT``) when the probes go unanswered;
+* :func:`silence` and :func:`gone`, asked now and then: data in flight that the peer's
+  machine has not acknowledged for the timeout means it is gone.  (The kernel does not
+  probe a connection with data in flight.)
+
+``TCP_USER_TIMEOUT`` is not used: it also fails a connection whose peer is alive but
+reads nothing for that long, its receive window full (measured:
+``test_a_busy_party_is_not_given_up`` fails with it).
+
+Used by the MPyC links on direct paths (``--didcomm-timeout``) and by the mediator's
+relay for its clients' connections.  Linux has every option; elsewhere what exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import struct
+
+__all__ = ["gone", "keep_alive", "silence"]
+
+
+def keep_alive(transport: asyncio.BaseTransport, timeout: float) -> bool:
+    """Turn on the kernel's keepalive for a TCP connection, tuned so that an idle one
+    whose peer's machine stopped answering fails (``ETIMEDOUT``) about ``timeout`` seconds
+    after it last heard from it: the first probe after half of it, then every eighth.
+
+    Returns whether it could (a TCP socket; Linux has every option, others some).
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None or timeout <= 0:
+        return False
+    idle = max(1, round(timeout / 2))
+    interval = max(1, round(timeout / 8))
+    count = max(1, math.ceil((timeout - idle) / interval))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", idle),
+            ("TCP_KEEPINTVL", interval),
+            ("TCP_KEEPCNT", count),
+        ):
+            option = getattr(socket, name, None)
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    except OSError:
+        return False
+    return True
+
+
+# struct tcp_info (Linux, include/uapi/linux/tcp.h): tcpi_unacked at byte 24,
+# tcpi_last_data_recv and tcpi_last_ack_recv (ms ago) at 52 and 56.
+_TCP_INFO = struct.Struct("=24xI24xII")
+
+
+def silence(transport: asyncio.BaseTransport) -> tuple[float, int] | None:
+    """For a TCP path: (seconds since the peer's machine last sent anything, segments we
+    sent that it has not acknowledged), from the kernel; None where it does not say."""
+    sock = transport.get_extra_info("socket")
+    option = getattr(socket, "TCP_INFO", None)
+    if sock is None or option is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, option, 104)
+    except OSError:
+        return None
+    if len(info) < _TCP_INFO.size:
+        return None
+    unacked, last_data, last_ack = _TCP_INFO.unpack_from(info)
+    return min(last_data, last_ack) / 1000, unacked
+
+
+def gone(quiet: tuple[float, int] | None, timeout: float) -> bool:
+    """Whether the peer's machine is gone, from :func:`silence`: data in flight
+    and nothing from it for ``timeout`` seconds.  (A full receive window at the peer is
+    not in flight: its machine answers the window probes.)"""
+    return quiet is not None and timeout > 0 and quiet[1] > 0 and quiet[0] >= timeout
