@@ -39,6 +39,7 @@ import aiohttp
 from didsession._dataclass import dataclass
 from didsession.authcrypt import NeedsFullEnvelope, check_did_syntax, did_keys, new_message
 from didsession.errors import DIDError, InvitationError, MediationError
+from didsession.tcp_liveness import gone, keep_alive, silence
 
 if TYPE_CHECKING:
     from didsession.invitation import Invitation
@@ -344,10 +345,37 @@ class RelayLink:
     (``e.p.xfer.closed`` when the peer left, the mediator's reason otherwise).
     """
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        session: aiohttp.ClientSession,
+        liveness: float = 0.0,
+    ) -> None:
         self._ws = ws
         self._session = session
         self.closed_reason: str | None = None
+        self._mediator_gone = False
+        self._watch: asyncio.Task[None] | None = None
+        if liveness > 0:
+            keep_alive(ws, liveness)
+            self._watch = asyncio.get_running_loop().create_task(self._watching(liveness))
+
+    async def _watching(self, timeout: float) -> None:
+        """Ping the mediator every half ``timeout`` (NATs and proxies see traffic) without
+        waiting for its pong: this program may not run its event loop for minutes (an MPyC
+        party computing), and a pong read late must not end the link.  The mediator is
+        gone once its machine has answered nothing for ``timeout`` (tcp_liveness)."""
+        ws = self._ws
+        while not ws.closed:
+            for _ in range(4):
+                await asyncio.sleep(timeout / 8)
+                if gone(silence(ws), timeout):
+                    self._mediator_gone = True
+                    with contextlib.suppress(Exception):
+                        await ws.close(message=b"the mediator stopped answering")
+                    return
+            with contextlib.suppress(Exception):
+                await ws.ping()
 
     async def send(self, frame: bytes) -> None:
         """Send one frame (waits while the peer reads slowly)."""
@@ -368,6 +396,9 @@ class RelayLink:
                 return bytes(msg.data)
             if msg.type is aiohttp.WSMsgType.TEXT:
                 continue
+            if self._mediator_gone:
+                self.closed_reason = "the mediator stopped answering"
+                raise MediationError(f"relay closed: {self.closed_reason}", code=XFER)
             if msg.type in (
                 aiohttp.WSMsgType.CLOSE,
                 aiohttp.WSMsgType.CLOSING,
@@ -393,6 +424,8 @@ class RelayLink:
                 return
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         with contextlib.suppress(Exception):
             await self._ws.close()
         await self._session.close()
@@ -509,6 +542,7 @@ async def relay_link(
     timeout: float = DEFAULT_TIMEOUT,
     wait: float = 60.0,
     max_frame: int = 64 << 10,
+    liveness: float = 60.0,
 ) -> AsyncIterator[RelayLink]:
     """Open the mediator's relay for ``session_id`` with ``peer_did``; yields when the peer
     has opened its side too.
@@ -525,6 +559,8 @@ async def relay_link(
             (:meth:`didsession.peer.HandshakeCodec.pack`).
         wait: seconds to wait for the peer (the mediator gives up at its own limit).
         max_frame: the largest frame to accept from the mediator.
+        liveness: the link ends once the mediator's machine has answered nothing for this
+            many seconds (0: only when TCP gives up); see :class:`RelayLink`.
 
     Raises:
         MediationError: refused (``e.p.trust``, ``e.p.req.busy``, ``e.p.me.res.quota``),
@@ -533,7 +569,9 @@ async def relay_link(
     """
     info = await relay_info(mediator, timeout=timeout)
     try:
-        link = await _open(info, local_did, session_id, peer_did, pack, timeout, wait, max_frame)
+        link = await _open(
+            info, local_did, session_id, peer_did, pack, timeout, wait, max_frame, liveness
+        )
     except MediationError as exc:
         if isinstance(mediator, str) and exc.code != "e.p.req.time":
             forget_relay_info(mediator)  # the mediator may have moved or changed its DID
@@ -553,12 +591,13 @@ async def _open(
     timeout: float,
     wait: float,
     max_frame: int,
+    liveness: float = 60.0,
 ) -> RelayLink:
     session = aiohttp.ClientSession()
     try:
         try:
             ws = await asyncio.wait_for(
-                session.ws_connect(info.relay_url, max_msg_size=max_frame, heartbeat=30.0),
+                session.ws_connect(info.relay_url, max_msg_size=max_frame),
                 timeout,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -566,7 +605,7 @@ async def _open(
     except BaseException:
         await session.close()
         raise
-    link = RelayLink(ws, session)
+    link = RelayLink(ws, session, liveness)
     try:
         first = await _control(ws, timeout)
         if first.get("type") != RELAY_CHALLENGE:

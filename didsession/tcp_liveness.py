@@ -17,21 +17,28 @@ the peer's kernel, which answers while its program is busy:
 reads nothing for that long, its receive window full (measured:
 ``test_a_busy_party_is_not_given_up`` fails with it).
 
-Used by the MPyC links on direct paths (``--didcomm-timeout``) and by the mediator's
-relay for its clients' connections.  Linux has every option; elsewhere what exists.
+Used by the MPyC links on direct paths (``--didcomm-timeout``), by relay clients for
+their connection to the mediator, and by the mediator's relay for its clients'.  Linux has every option; elsewhere what exists.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import socket
 import struct
+from typing import Any, Protocol
 
-__all__ = ["gone", "keep_alive", "silence"]
+__all__ = ["Connection", "gone", "keep_alive", "silence"]
 
 
-def keep_alive(transport: asyncio.BaseTransport, timeout: float) -> bool:
+class Connection(Protocol):
+    """What these functions need of a connection: an asyncio transport, or anything that
+    passes ``get_extra_info("socket")`` on (an aiohttp WebSocket)."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
+
+def keep_alive(transport: Connection, timeout: float) -> bool:
     """Turn on the kernel's keepalive for a TCP connection, tuned so that an idle one
     whose peer's machine stopped answering fails (``ETIMEDOUT``) about ``timeout`` seconds
     after it last heard from it: the first probe after half of it, then every eighth.
@@ -64,8 +71,8 @@ def keep_alive(transport: asyncio.BaseTransport, timeout: float) -> bool:
 _TCP_INFO = struct.Struct("=24xI24xII")
 
 
-def silence(transport: asyncio.BaseTransport) -> tuple[float, int] | None:
-    """For a TCP path: (seconds since the peer's machine last sent anything, segments we
+def silence(transport: Connection) -> tuple[float, int] | None:
+    """For a TCP connection: (seconds since the peer's machine last sent anything, segments we
     sent that it has not acknowledged), from the kernel; None where it does not say."""
     sock = transport.get_extra_info("socket")
     option = getattr(socket, "TCP_INFO", None)

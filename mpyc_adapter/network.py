@@ -564,6 +564,7 @@ class DidcommNetwork:
             session_id=relay_session_id(self.roster, low, high, self.round),
             peer_did=self.roster.parties[peer].did,
             wait=RELAY_WAIT,
+            liveness=self.timeout,
         )
         link.path_info["path"] = "relay"
 

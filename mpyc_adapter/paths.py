@@ -114,6 +114,7 @@ async def open_relay_path(
     wait: float,
     pack: Callable[[bytes, str], Awaitable[bytes]] | None = None,
     envelope: Envelope | None = None,
+    liveness: float = 60.0,
 ) -> tuple[RelayPath, asyncio.Protocol]:
     """Open the mediator's relay for ``session_id`` with ``peer_did`` (waits for the peer)
     and run a protocol on it.
@@ -121,7 +122,8 @@ async def open_relay_path(
     The relay's ``open`` is authcrypted from ``local_did`` by ``pack`` (plaintext bytes and
     the recipient DID in, the packed bytes out: :meth:`HandshakeCodec.pack
     <didsession.peer.HandshakeCodec.pack>`), or else by ``envelope``, which must hold the
-    keys of ``local_did``.
+    keys of ``local_did``.  With ``pack``, the path ends once the mediator's machine has
+    answered nothing for ``liveness`` seconds (0: only when TCP gives up).
 
     Raises:
         MediationError: the relay refused, is unreachable, or the peer did not come.
@@ -132,7 +134,9 @@ async def open_relay_path(
         if pack is not None:
             from didsession.relay_client import relay_link
 
-            opening = relay_link(mediator, local_did, session_id, peer_did, pack, wait=wait)
+            opening = relay_link(
+                mediator, local_did, session_id, peer_did, pack, wait=wait, liveness=liveness
+            )
         elif envelope is not None:
             from didsession.mediation import open_relay
 
