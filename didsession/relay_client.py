@@ -39,7 +39,7 @@ import aiohttp
 from didsession._dataclass import dataclass
 from didsession.authcrypt import NeedsFullEnvelope, check_did_syntax, did_keys, new_message
 from didsession.errors import DIDError, InvitationError, MediationError
-from didsession.tcp_liveness import gone, keep_alive, silence
+from didsession.tcp_liveness import VANISHED, gone, keep_alive, silence
 
 if TYPE_CHECKING:
     from didsession.invitation import Invitation
@@ -67,6 +67,11 @@ INVITATION_TYPE: Final = "https://didcomm.org/out-of-band/2.0/invitation"
 # The same limit as didsession.invitation.
 MAX_INVITATION_BYTES: Final = 16 * 1024
 XFER: Final = "e.p.xfer"
+# The close code of a relayed session whose other client the mediator found gone
+# (spec/session.md §10: the peer's machine stopped answering).
+PEER_SILENT: Final = "e.p.msg.session.timeout"
+# How often a link pings the mediator when it has no liveness timeout.
+PING_EVERY: Final = 30.0
 
 RelayPackFn = Callable[[bytes, str], Awaitable[bytes]]
 """Authcrypt plaintext JSON bytes from the local DID to a DID: the packed bytes."""
@@ -355,27 +360,28 @@ class RelayLink:
         self._session = session
         self.closed_reason: str | None = None
         self._mediator_gone = False
-        self._watch: asyncio.Task[None] | None = None
         if liveness > 0:
             keep_alive(ws, liveness)
-            self._watch = asyncio.get_running_loop().create_task(self._watching(liveness))
+        self._watch = asyncio.get_running_loop().create_task(self._watching(liveness))
 
     async def _watching(self, timeout: float) -> None:
-        """Ping the mediator every half ``timeout`` (NATs and proxies see traffic) without
-        waiting for its pong: this program may not run its event loop for minutes (an MPyC
-        party computing), and a pong read late must not end the link.  The mediator is
-        gone once its machine has answered nothing for ``timeout`` (tcp_liveness)."""
+        """Ping the mediator every half ``timeout`` (every :data:`PING_EVERY` s without
+        one), so NATs and proxies see traffic, without waiting for its pong: this program
+        may not run its event loop for minutes (an MPyC party computing), and a pong read
+        late must not end the link.  The mediator is gone once its machine has answered
+        nothing for ``timeout`` (:mod:`didsession.tcp_liveness`)."""
         ws = self._ws
+        every = timeout / 2 if timeout > 0 else PING_EVERY
         while not ws.closed:
             for _ in range(4):
-                await asyncio.sleep(timeout / 8)
-                if gone(silence(ws), timeout):
+                await asyncio.sleep(every / 4)
+                if timeout > 0 and gone(silence(ws), timeout):
                     self._mediator_gone = True
                     with contextlib.suppress(Exception):
                         await ws.close(message=b"the mediator stopped answering")
                     return
             with contextlib.suppress(Exception):
-                await ws.ping()
+                await asyncio.wait_for(ws.ping(), every)  # not stuck on a full buffer
 
     async def send(self, frame: bytes) -> None:
         """Send one frame (waits while the peer reads slowly)."""
@@ -396,7 +402,8 @@ class RelayLink:
                 return bytes(msg.data)
             if msg.type is aiohttp.WSMsgType.TEXT:
                 continue
-            if self._mediator_gone:
+            if self._mediator_gone or isinstance(self._ws.exception(), TimeoutError):
+                # our check, or the kernel's keepalive (ETIMEDOUT)
                 self.closed_reason = "the mediator stopped answering"
                 raise MediationError(f"relay closed: {self.closed_reason}", code=XFER)
             if msg.type in (
@@ -407,6 +414,8 @@ class RelayLink:
                 reason = msg.extra or self._ws.close_code
                 self.closed_reason = str(reason or "closed")
                 code = "e.p.xfer.closed"
+                if self.closed_reason == VANISHED:
+                    code = PEER_SILENT
                 if self._ws.close_code == 1008:
                     code = "e.p.me.res.quota" if "quota" in self.closed_reason else XFER
                 raise MediationError(f"relay closed: {self.closed_reason}", code=code)

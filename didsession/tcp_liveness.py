@@ -15,7 +15,10 @@ the peer's kernel, which answers while its program is busy:
 
 ``TCP_USER_TIMEOUT`` is not used: it also fails a connection whose peer is alive but
 reads nothing for that long, its receive window full (measured:
-``test_a_busy_party_is_not_given_up`` fails with it).
+``test_a_busy_party_is_not_given_up`` fails with it).  The price: a peer that vanishes
+while its receive window is full (nothing in flight, and the kernel does not probe a
+connection with data queued) is found only by the kernel's window probes, after ~15
+minutes.  Behind a proxy, the kernel sees the proxy, not the client.
 
 Used by the MPyC links on direct paths (``--didcomm-timeout``), by relay clients for
 their connection to the mediator, and by the mediator's relay for its clients'.  Linux has every option; elsewhere what exists.
@@ -26,9 +29,14 @@ from __future__ import annotations
 import math
 import socket
 import struct
+import sys
 from typing import Any, Protocol
 
-__all__ = ["Connection", "gone", "keep_alive", "silence"]
+__all__ = ["VANISHED", "Connection", "gone", "keep_alive", "silence"]
+
+# The mediator's relay closes a session with this reason when it found the other client's
+# machine gone; the relay client reports it with the close code of a silent peer.
+VANISHED = "peer stopped answering"
 
 
 class Connection(Protocol):
@@ -48,13 +56,16 @@ def keep_alive(transport: Connection, timeout: float) -> bool:
     sock = transport.get_extra_info("socket")
     if sock is None or timeout <= 0:
         return False
-    idle = max(1, round(timeout / 2))
-    interval = max(1, round(timeout / 8))
-    count = max(1, math.ceil((timeout - idle) / interval))
+    # Linux allows idle and interval up to 32767 s and 127 probes.
+    idle = min(32767, max(1, round(timeout / 2)))
+    interval = min(32767, max(1, round(timeout / 8)))
+    count = min(127, max(1, math.ceil((timeout - idle) / interval)))
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        # macOS names the idle time TCP_KEEPALIVE.
+        idle_option = "TCP_KEEPIDLE" if hasattr(socket, "TCP_KEEPIDLE") else "TCP_KEEPALIVE"
         for name, value in (
-            ("TCP_KEEPIDLE", idle),
+            (idle_option, idle),
             ("TCP_KEEPINTVL", interval),
             ("TCP_KEEPCNT", count),
         ):
@@ -76,8 +87,8 @@ def silence(transport: Connection) -> tuple[float, int] | None:
     sent that it has not acknowledged), from the kernel; None where it does not say."""
     sock = transport.get_extra_info("socket")
     option = getattr(socket, "TCP_INFO", None)
-    if sock is None or option is None:
-        return None
+    if sock is None or option is None or not sys.platform.startswith("linux"):
+        return None  # other systems' tcp_info differs (FreeBSD's leaves these fields 0)
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, option, 104)
     except OSError:

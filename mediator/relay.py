@@ -11,7 +11,9 @@ traffic), but never dropped for a missing pong.  Its program answers pings only 
 event loop runs, and an MPyC party computing locally may not run it for minutes: dropped,
 its whole computation would fail.  Whether the client's machine is still there is asked of
 the kernel instead (:mod:`didsession.tcp_liveness`): it is gone when it has answered
-nothing for twice the interval, and its slot is torn down, telling the peer.
+nothing for twice the interval, and its slot is torn down, telling the peer so
+(:data:`~didsession.tcp_liveness.VANISHED`).  Behind a proxy the kernel sees the proxy:
+there a vanished client is found when the proxy closes its connection.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from didsession.errors import DIDError, EnvelopeError, MediationError
-from didsession.tcp_liveness import gone, keep_alive, silence
+from didsession.tcp_liveness import VANISHED, gone, keep_alive, silence
 from mediator.config import MediatorConfig
 from mediator.identity import MediatorIdentity
 from mediator.logs import short_did
@@ -86,6 +88,7 @@ class RelayService:
         self.metrics = metrics
         self.table: PairingTable[RelaySlot] = PairingTable()
         self.sockets: set[web.WebSocketResponse] = set()
+        self._vanished: set[web.WebSocketResponse] = set()  # found gone by _watch
         self._random = random_bytes
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -110,8 +113,10 @@ class RelayService:
             if watch is not None:
                 watch.cancel()
             self.sockets.discard(ws)
+            vanished = ws in self._vanished
+            self._vanished.discard(ws)
             if slot is not None:
-                await self._teardown(slot, "peer left")
+                await self._teardown(slot, VANISHED if vanished else "peer left")
             if not ws.closed:
                 await ws.close()
         return ws
@@ -126,10 +131,11 @@ class RelayService:
                 await asyncio.sleep(every / 4)
                 if gone(silence(transport), 2 * every):
                     log.info("relay client gone: its machine stopped answering")
+                    self._vanished.add(ws)
                     transport.abort()  # the pump ends, and the peer is told
                     return
             with contextlib.suppress(Exception):
-                await ws.ping()
+                await asyncio.wait_for(ws.ping(), every)  # not stuck on a full buffer
 
     async def _open(self, ws: web.WebSocketResponse) -> RelaySlot | None:
         config = self.config

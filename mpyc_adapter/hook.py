@@ -122,8 +122,8 @@ def timeout_seconds(text: str | None) -> float | None:
         value = float(text)
     except ValueError:
         raise ConfigError(f"--didcomm-timeout {text}: not a number of seconds") from None
-    if not 0 <= value <= 86_400:
-        raise ConfigError(f"--didcomm-timeout {text}: give 0 (no timeout) to 86400 seconds")
+    if not (value == 0 or 2 <= value <= 86_400):
+        raise ConfigError(f"--didcomm-timeout {text}: give 0 (no timeout) or 2 to 86400 seconds")
     return value
 
 
@@ -383,6 +383,7 @@ def _patch_runtime(cls: Any) -> None:
             network.computing(False)
         await original_shutdown(self)
         if network is not None:
+            network.done_computing()
             network.unwatch_signals()
             network.log_report()
 

@@ -759,11 +759,22 @@ class DidcommNetwork:
         if link.path_info.get("stopping"):
             return
         peer = next((p for p, other in self.links.items() if other is link), None)
-        if exc.code == SILENT:
-            waited = f"{self.timeout:g} s (--didcomm-timeout)" if self.timeout > 0 else "long"
+        if exc.code == SILENT and exc is link.peer_error:
+            # The peer's CLOSE says it heard nothing from us (so it did get through).
             self.stop(
-                f"{link.label} stopped answering: nothing from its machine for {waited}; "
-                "is it off, asleep or off the network?",
+                f"{link.label} stopped: it heard nothing from this party for too long "
+                "(is the network between us down?)",
+                code=f"e.p.mpyc.lost.p{self.pid}",
+            )
+        elif exc.code == SILENT:
+            if link.path_info.get("path") == "relay":
+                how = "the mediator found its machine gone"
+            elif self.timeout > 0:
+                how = f"nothing from its machine for {self.timeout:g} s (--didcomm-timeout)"
+            else:
+                how = "TCP gave up on its machine"
+            self.stop(
+                f"{link.label} stopped answering: {how}; is it off, asleep or off the network?",
                 code=f"e.p.mpyc.lost.p{peer}" if peer is not None else "e.p.mpyc.stopped",
             )
         elif exc.code.startswith("e.p.mpyc."):
@@ -789,20 +800,23 @@ class DidcommNetwork:
         elif code == "e.p.mpyc.program":
             self.stop(f"{link.label} runs a different program (it said so)", code=code)
         elif left := _left(code):
-            phrase, gone = _LEFT_PHRASES[left[0]], left[1]
-            if left[0] == "failed":
-                whom = "this party" if gone == self.pid else f"party {gone}"
+            why, party = left
+            phrase = _LEFT_PHRASES[why]
+            itself = 0 <= party < len(self.roster) and self.party_label(party) == link.label
+            if why == "failed":
+                whom = "this party" if party == self.pid else f"party {party}"
                 self.stop(f"{link.label} stopped: a session with {whom} failed", code=code)
-            elif left[0] == "lost" and gone == self.pid:  # alive here, but cut off from there
+            elif why == "lost" and (party == self.pid or itself):  # passed on about the sender
+                whom = "this party" if party == self.pid else "it"
                 self.stop(
-                    f"{link.label} stopped: a party heard nothing from this party for too "
-                    "long (is the network between us down?)",
+                    f"{link.label} stopped: a party heard nothing from {whom} for too long "
+                    "(is the network down somewhere?)",
                     code=code,
                 )
-            elif 0 <= gone < len(self.roster) and self.party_label(gone) == link.label:
+            elif itself:
                 self.stop(f"{link.label} {phrase}; stopping too", code=code)
             else:
-                self.stop(f"{link.label} stopped: party {gone} {phrase}", code=code)
+                self.stop(f"{link.label} stopped: party {party} {phrase}", code=code)
         else:
             self.stop(f"{link.label} stopped ({code}); stopping too", code=code)
 
@@ -876,11 +890,14 @@ class DidcommNetwork:
         code = f"e.p.mpyc.crashed.p{self.pid}" if now else ""
         for link in self.links.values():
             link.close_code = code
+        if now and self.timeout > 0 and self._loop is not None and self._liveness is None:
+            self._liveness = self._loop.call_later(self.timeout / 8, self._check_liveness)
+
+    def done_computing(self) -> None:
+        """After MPyC's ``shutdown()`` (its barrier included): stop watching the links."""
         if self._liveness is not None:
             self._liveness.cancel()
             self._liveness = None
-        if now and self.timeout > 0 and self._loop is not None:
-            self._liveness = self._loop.call_later(self.timeout / 8, self._check_liveness)
 
     def _keep_alive(self, link: SessionTransport) -> None:
         """A direct TCP link: the kernel probes it while idle, and _check_liveness looks

@@ -307,7 +307,8 @@ class SessionTransport(asyncio.Transport, asyncio.Protocol):
             if self._closing:
                 self.state = LinkState.CLOSED
                 self._notify_app_lost()
-            elif isinstance(exc, TimeoutError):  # the kernel's keepalive gave up (tcp_liveness)
+            elif isinstance(exc, TimeoutError) or getattr(exc, "code", None) == SILENT:
+                # the kernel's keepalive gave up, or the mediator found the peer gone
                 self._fail(silent(self.label))
             else:
                 why = f": {exc}" if exc else ""
