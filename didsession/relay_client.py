@@ -433,8 +433,7 @@ class RelayLink:
                 return
 
     async def close(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
+        self._watch.cancel()
         with contextlib.suppress(Exception):
             await self._ws.close()
         await self._session.close()

@@ -21,7 +21,8 @@ connection with data queued) is found only by the kernel's window probes, after 
 minutes.  Behind a proxy, the kernel sees the proxy, not the client.
 
 Used by the MPyC links on direct paths (``--didcomm-timeout``), by relay clients for
-their connection to the mediator, and by the mediator's relay for its clients'.  Linux has every option; elsewhere what exists.
+their connection to the mediator, and by the mediator's relay for its clients'.  Linux
+has every option; elsewhere what exists.
 """
 
 from __future__ import annotations
@@ -83,8 +84,9 @@ _TCP_INFO = struct.Struct("=24xI24xII")
 
 
 def silence(transport: Connection) -> tuple[float, int] | None:
-    """For a TCP connection: (seconds since the peer's machine last sent anything, segments we
-    sent that it has not acknowledged), from the kernel; None where it does not say."""
+    """For a TCP connection: (seconds since the peer's machine last sent anything,
+    segments we sent that it has not acknowledged), from the kernel; None where it does
+    not say."""
     sock = transport.get_extra_info("socket")
     option = getattr(socket, "TCP_INFO", None)
     if sock is None or option is None or not sys.platform.startswith("linux"):

@@ -99,7 +99,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         help="a party whose machine has not answered for s seconds while a link waits "
         "for it (switched off, asleep, off the network) is taken as gone: every party "
         "stops, saying which (default 60; 0: wait as long as TCP does, up to ~15 minutes "
-        "or for ever).  A party busy computing still answers",
+        "or for ever).  A party busy computing still answers.  On relay links the same "
+        "holds for the mediator's machine",
     )
     group.add_argument(
         "--didcomm-relay",
