@@ -166,13 +166,16 @@ def _totals(rows: list[dict[str, Any]]) -> tuple[int, int, int]:
 
 def _links_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
-        f"    {'link':16} {'path':7} {'messages':>9} {'records':>8} {'per record':>10} "
+        f"    {'link':16} {'path':15} {'messages':>9} {'records':>8} {'per record':>10} "
         f"{'overhead/message':>17}"
     ]
     for row in rows:
         a, b = NAMES[row["party"]], NAMES[row["peer"]]
+        path = row["path"]
+        if row.get("started") and row["started"] != path:
+            path = f"{row['started']} -> {path}"
         lines.append(
-            f"    {a + ' -> ' + b:16} {row['path']:7} {row['messages']:9,} {row['records']:8,} "
+            f"    {a + ' -> ' + b:16} {path:15} {row['messages']:9,} {row['records']:8,} "
             f"{row['messages_per_record']:10.1f} {row['overhead_per_message']:15.2f} B"
         )
     total_msgs, _, total_over = _totals(rows)
@@ -302,7 +305,7 @@ def _demo(keep: bool, verbose: bool, summary: dict[str, Any]) -> int:
                 santas[name] = NAMES[int(to)]
                 print(f"    {name} is the secret santa of {NAMES[int(to)]} (only {name} knows)")
         rows = _link_rows(report)
-        print("\n    links (each party's view of what it sent; path: where the link ended up):")
+        print("\n    links (each party's view of what it sent; path: where it started -> ended):")
         print("\n".join(_links_table(rows)))
         messages, records, overhead = _totals(rows)
         per_record = messages / records if records else 0.0

@@ -1045,6 +1045,8 @@ class DidcommNetwork:
                     "peer_did": self.roster.parties[peer].did,
                     "round": self.round,
                     "path": link.get_extra_info("path"),
+                    # where the link was set up (it moves to a direct path when it can)
+                    "started": link.path_info.get("setup") or link.get_extra_info("path"),
                     "local": _addr(link.get_extra_info("sockname")),
                     "remote": _addr(link.get_extra_info("peername")),
                     "suite": link.channel.suite.value,

@@ -148,6 +148,9 @@ def test_demo_runs_and_summarises_as_json(tmp_path: Path) -> None:
     assert all(giver != taker for giver, taker in santa.items())
     assert len(summary["links"]) == 6 and summary["messages"] >= summary["records"] > 0
     assert {row["path"] for row in summary["links"]} <= {"direct", "relay"}
+    # carol has no address: her links start on the relay; alice's and bob's are direct
+    for row in summary["links"]:
+        assert row["started"] == ("relay" if 2 in (row["party"], row["peer"]) else "direct")
     assert 0 < summary["overhead_per_message"] <= 28
     assert summary["mismatch_refused"] is True
     assert list(tmp.iterdir()) == []  # its temporary directory is gone
