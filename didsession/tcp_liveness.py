@@ -10,15 +10,16 @@ the peer's kernel, which answers while its program is busy:
 * :func:`keep_alive`: the kernel's keepalive, tuned to a timeout.  It probes an idle
   connection and fails it (``ETIMEDOUT``) when the probes go unanswered;
 * :func:`silence` and :func:`gone`, asked now and then: data in flight that the peer's
-  machine has not acknowledged for the timeout means it is gone.  (The kernel does not
-  probe a connection with data in flight.)
+  machine has not acknowledged for the timeout means it is gone (the kernel does not
+  probe a connection with data in flight), and so do window probes it left unanswered
+  while its receive window was full (nor one with data queued).
 
 ``TCP_USER_TIMEOUT`` is not used: it also fails a connection whose peer is alive but
 reads nothing for that long, its receive window full (measured:
-``test_a_busy_party_is_not_given_up`` fails with it).  The price: a peer that vanishes
-while its receive window is full (nothing in flight, and the kernel does not probe a
-connection with data queued) is found only by the kernel's window probes, after ~15
-minutes.  Behind a proxy, the kernel sees the proxy, not the client.
+``test_a_busy_party_is_not_given_up`` fails with it).  A live peer with a full window
+answers each window probe, so at most one is ever outstanding; two mean it is gone.
+Window probes back off (up to 2 minutes apart), so that case may take longer than the
+timeout.  Behind a proxy, the kernel sees the proxy, not the client.
 
 Used by the MPyC links on direct paths (``--didcomm-timeout``), by relay clients for
 their connection to the mediator, and by the mediator's relay for its clients'.  Linux
@@ -78,15 +79,16 @@ def keep_alive(transport: Connection, timeout: float) -> bool:
     return True
 
 
-# struct tcp_info (Linux, include/uapi/linux/tcp.h): tcpi_unacked at byte 24,
-# tcpi_last_data_recv and tcpi_last_ack_recv (ms ago) at 52 and 56.
-_TCP_INFO = struct.Struct("=24xI24xII")
+# struct tcp_info (Linux, include/uapi/linux/tcp.h): tcpi_probes (unanswered window or
+# keepalive probes) at byte 3, tcpi_unacked at 24, tcpi_last_data_recv and
+# tcpi_last_ack_recv (ms ago) at 52 and 56.
+_TCP_INFO = struct.Struct("=3xB20xI24xII")
 
 
-def silence(transport: Connection) -> tuple[float, int] | None:
+def silence(transport: Connection) -> tuple[float, int, int] | None:
     """For a TCP connection: (seconds since the peer's machine last sent anything,
-    segments we sent that it has not acknowledged), from the kernel; None where it does
-    not say."""
+    segments we sent that it has not acknowledged, probes it has not answered), from the
+    kernel; None where it does not say."""
     sock = transport.get_extra_info("socket")
     option = getattr(socket, "TCP_INFO", None)
     if sock is None or option is None or not sys.platform.startswith("linux"):
@@ -97,12 +99,14 @@ def silence(transport: Connection) -> tuple[float, int] | None:
         return None
     if len(info) < _TCP_INFO.size:
         return None
-    unacked, last_data, last_ack = _TCP_INFO.unpack_from(info)
-    return min(last_data, last_ack) / 1000, unacked
+    probes, unacked, last_data, last_ack = _TCP_INFO.unpack_from(info)
+    return min(last_data, last_ack) / 1000, unacked, probes
 
 
-def gone(quiet: tuple[float, int] | None, timeout: float) -> bool:
-    """Whether the peer's machine is gone, from :func:`silence`: data in flight
-    and nothing from it for ``timeout`` seconds.  (A full receive window at the peer is
-    not in flight: its machine answers the window probes.)"""
-    return quiet is not None and timeout > 0 and quiet[1] > 0 and quiet[0] >= timeout
+def gone(quiet: tuple[float, int, int] | None, timeout: float) -> bool:
+    """Whether the peer's machine is gone, from :func:`silence`: nothing from it for
+    ``timeout`` seconds while data is in flight, or while two probes are unanswered.
+    (Idle, or with its receive window full, a live peer's machine answers the probes.)"""
+    if quiet is None or timeout <= 0 or quiet[0] < timeout:
+        return False
+    return quiet[1] > 0 or quiet[2] >= 2

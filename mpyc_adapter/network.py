@@ -906,9 +906,10 @@ class DidcommNetwork:
             link.path_info["watched"] = True
 
     def _check_liveness(self) -> None:
-        """Every eighth of the timeout while computing: a direct link with data in flight
-        that the peer's machine has not answered for the timeout is failed (its peer is
-        gone; see didsession.tcp_liveness).  The kernel's keepalive covers idle links."""
+        """Every eighth of the timeout while computing: a direct link whose peer's machine
+        has answered nothing for the timeout, with data in flight or window probes out,
+        is failed (its peer is gone; see didsession.tcp_liveness).  The kernel's
+        keepalive covers idle links."""
         self._liveness = None
         for link in list(self.links.values()):
             lower = link.lower

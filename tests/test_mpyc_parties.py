@@ -503,7 +503,7 @@ def _link_port(ns: str, pid: int, port: int) -> int:
     raise AssertionError(f"no connection of {pid} to port {port}")
 
 
-@pytest.mark.parametrize("mode", ["idle", "busy", "partial"])
+@pytest.mark.parametrize("mode", ["idle", "busy", "partial", "full-window"])
 def test_a_vanished_party_is_given_up(parties: Parties, tmp_path: Path, mode: str) -> None:
     """Party 2's machine drops off the network while the three compute (every packet to
     or from it is dropped; nothing is closed).  With ``--didcomm-timeout 3`` every party
@@ -511,7 +511,9 @@ def test_a_vanished_party_is_given_up(parties: Parties, tmp_path: Path, mode: st
     for ever (idle: the others wait for party 2, and the kernel's keepalive finds it
     gone) or for TCP's ~15 minutes of retransmissions (busy: data in flight to it).
     Partial: only the path between parties 0 and 2 breaks (party 2 waits 30 s itself);
-    party 2 hears from party 1 that a party lost it."""
+    party 2 hears from party 1 that a party lost it.  Full window: the same, while party
+    2 computes locally and party 0's data to it fills its window (nothing in flight, no
+    keepalive: party 0 finds its window probes unanswered)."""
     roster = parties.roster(3)
     addr = load_roster(roster).parties[2].addr
     assert addr is not None
@@ -521,8 +523,9 @@ def test_a_vanished_party_is_given_up(parties: Parties, tmp_path: Path, mode: st
         def cut_when_computing(procs: list[subprocess.Popen[bytes]]) -> bool:
             outs = [(tmp_path / f"p{i}.out").read_text() for i in range(3)]
             if not cut and all("computing" in out for out in outs):
-                time.sleep(0.3)  # busy: rounds in full swing
-                if mode == "partial":
+                # busy: rounds in full swing; full window: party 0 has sent what fits
+                time.sleep(2.5 if mode == "full-window" else 0.3)
+                if mode in ("partial", "full-window"):
                     p0 = str(_link_port(ns, procs[0].pid, addr[1]))
                     pairs = [("--sport", p0, "--dport", str(addr[1]))]
                     pairs.append(("--sport", str(addr[1]), "--dport", p0))
@@ -534,10 +537,10 @@ def test_a_vanished_party_is_given_up(parties: Parties, tmp_path: Path, mode: st
                 cut.append(time.monotonic())
             return False
 
-        program = "idle" if mode == "partial" else mode
-        cmd = ["ip", "netns", "exec", ns, PY, str(PROGRAMS / "vanish.py"), program]
+        program = {"partial": ["idle"], "full-window": ["block", "8"]}.get(mode, [mode])
+        cmd = ["ip", "netns", "exec", ns, PY, str(PROGRAMS / "vanish.py"), *program]
         cmd += ["--didcomm", str(roster), "--didcomm-timeout", "3"]
-        cmds = [cmd, cmd, [*cmd[:-1], "30" if mode == "partial" else "3"]]
+        cmds = [cmd, cmd, [*cmd[:-1], "3" if mode in ("idle", "busy") else "30"]]
         results = run_parties(
             cmds, tmp_path, homes=parties.homes[:3], done=cut_when_computing, timeout=60
         )
@@ -549,7 +552,7 @@ def test_a_vanished_party_is_given_up(parties: Parties, tmp_path: Path, mode: st
     for r in results[:2]:
         assert "party 2 (p2) stopped answering" in r.err or "party 2 stopped answering" in r.err
         assert "nothing from its machine for 3 s" in r.err or "stopped: party 2 stopped" in r.err
-    if mode == "partial":
+    if mode in ("partial", "full-window"):
         assert "party 0: party 2 (p2) stopped answering: nothing" in results[0].err
         said = "party 1 (p1) stopped: a party heard nothing from this party for too long"
         assert said in results[2].err, results[2].err

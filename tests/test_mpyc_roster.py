@@ -306,7 +306,7 @@ def test_direct_paths_get_keepalive_and_report_silence() -> None:
         ]
         assert tuned == [30, 8, 4]
         quiet = silence(transport)
-        assert quiet is not None and quiet[0] < 5 and quiet[1] == 0
+        assert quiet is not None and quiet[0] < 5 and quiet[1:] == (0, 0)
         assert not gone(quiet, 60)
         writer.close()
         server.close()
@@ -318,7 +318,9 @@ def test_direct_paths_get_keepalive_and_report_silence() -> None:
         pass
 
     assert not keep_alive(NoSocket(), 60) and silence(NoSocket()) is None
-    assert gone((61.0, 1), 60)
-    assert not gone((61.0, 0), 60)  # nothing in flight (idle, or the peer's window full)
-    assert not gone((59.0, 3), 60)
-    assert not gone(None, 60) and not gone((1e9, 1), 0)
+    assert gone((61.0, 1, 0), 60)
+    assert gone((61.0, 0, 2), 60)  # two window (or keepalive) probes unanswered
+    assert not gone((61.0, 0, 1), 60)  # one outstanding: a live peer answers it soon
+    assert not gone((61.0, 0, 0), 60)  # nothing in flight (idle, or the peer's window full)
+    assert not gone((59.0, 3, 3), 60)
+    assert not gone(None, 60) and not gone((1e9, 1, 2), 0)
