@@ -39,7 +39,7 @@ import aiohttp
 from didsession._dataclass import dataclass
 from didsession.authcrypt import NeedsFullEnvelope, check_did_syntax, did_keys, new_message
 from didsession.errors import DIDError, InvitationError, MediationError
-from didsession.tcp_liveness import VANISHED, gone, keep_alive, silence
+from didsession.tcp_liveness import VANISHED, keep_alive, watch
 
 if TYPE_CHECKING:
     from didsession.invitation import Invitation
@@ -372,16 +372,10 @@ class RelayLink:
         nothing for ``timeout`` (:mod:`didsession.tcp_liveness`)."""
         ws = self._ws
         every = timeout / 2 if timeout > 0 else PING_EVERY
-        while not ws.closed:
-            for _ in range(4):
-                await asyncio.sleep(every / 4)
-                if timeout > 0 and gone(silence(ws), timeout):
-                    self._mediator_gone = True
-                    with contextlib.suppress(Exception):
-                        await ws.close(message=b"the mediator stopped answering")
-                    return
+        if await watch(ws, ws.ping, lambda: ws.closed, every=every, timeout=timeout):
+            self._mediator_gone = True
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.ping(), every)  # not stuck on a full buffer
+                await ws.close(message=b"the mediator stopped answering")
 
     async def send(self, frame: bytes) -> None:
         """Send one frame (waits while the peer reads slowly)."""

@@ -28,13 +28,16 @@ has every option; elsewhere what exists.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import socket
 import struct
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-__all__ = ["VANISHED", "Connection", "gone", "keep_alive", "silence"]
+__all__ = ["VANISHED", "Connection", "gone", "keep_alive", "silence", "watch"]
 
 # The mediator's relay closes a session with this reason when it found the other client's
 # machine gone; the relay client reports it with the close code of a silent peer.
@@ -110,3 +113,26 @@ def gone(quiet: tuple[float, int, int] | None, timeout: float) -> bool:
     if quiet is None or timeout <= 0 or quiet[0] < timeout:
         return False
     return quiet[1] > 0 or quiet[2] >= 2
+
+
+async def watch(
+    connection: Connection,
+    ping: Callable[[], Awaitable[object]],
+    closed: Callable[[], bool],
+    *,
+    every: float,
+    timeout: float,
+) -> bool:
+    """``ping()`` every ``every`` s without waiting for the pong (NATs and proxies see
+    traffic; the peer's program may not run its event loop for minutes, and a pong read
+    late must not end the connection), looking at the kernel's view four times in
+    between.  Returns True once the peer's machine is gone (:func:`gone` with
+    ``timeout``; 0: never), False once ``closed()``."""
+    while not closed():
+        for _ in range(4):
+            await asyncio.sleep(every / 4)
+            if timeout > 0 and gone(silence(connection), timeout):
+                return True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ping(), every)  # not stuck on a full send buffer
+    return False

@@ -29,7 +29,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from didsession.errors import DIDError, EnvelopeError, MediationError
-from didsession.tcp_liveness import VANISHED, gone, keep_alive, silence
+from didsession.tcp_liveness import VANISHED, keep_alive, watch
 from mediator.config import MediatorConfig
 from mediator.identity import MediatorIdentity
 from mediator.logs import short_did
@@ -126,16 +126,10 @@ class RelayService:
     ) -> None:
         """Ping every ``every`` s without waiting for a pong; abort the connection once
         the client's machine has answered nothing for twice that (see the module)."""
-        while not ws.closed:
-            for _ in range(4):
-                await asyncio.sleep(every / 4)
-                if gone(silence(transport), 2 * every):
-                    log.info("relay client gone: its machine stopped answering")
-                    self._vanished.add(ws)
-                    transport.abort()  # the pump ends, and the peer is told
-                    return
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.ping(), every)  # not stuck on a full buffer
+        if await watch(transport, ws.ping, lambda: ws.closed, every=every, timeout=2 * every):
+            log.info("relay client gone: its machine stopped answering")
+            self._vanished.add(ws)
+            transport.abort()  # the pump ends, and the peer is told
 
     async def _open(self, ws: web.WebSocketResponse) -> RelaySlot | None:
         config = self.config
