@@ -92,7 +92,9 @@ class MediatorConfig:
     )
     keylist_key_proof: bool = field(
         default=True,
-        metadata=_doc("a DID may route only DIDs sharing its keyAgreement key (or itself)"),
+        metadata=_doc(
+            "a DID may route only itself and DIDs using the key its request was authcrypted from"
+        ),
     )
     keylist_max: int = field(default=1000, metadata=_doc("keylist entries per DID"))
     # -- storage

@@ -115,7 +115,7 @@ class Mediator:
                 live_capable=conn is not None,
                 max_payload=self.config.queue_max_message_bytes,
             )
-            reply = await self._execute(event, conn)
+            reply = await self._execute(event, conn, unpacked.sender_kid)
         except MediationError as exc:
             self.metrics.error(exc.code)
             if message.get("type") == FORWARD:
@@ -175,7 +175,9 @@ class Mediator:
         return packed.data.decode()
 
     # -- events ----------------------------------------------------------------------
-    async def _execute(self, event: Event, conn: Connection | None) -> dict[str, Any] | None:
+    async def _execute(
+        self, event: Event, conn: Connection | None, sender_kid: str | None = None
+    ) -> dict[str, Any] | None:
         now = self.clock()
         did = self.did
         if isinstance(event, ForwardReceived):
@@ -190,7 +192,7 @@ class Mediator:
                 log.info("mediation granted", extra={"did": short_did(event.sender)})
             return coordinate.mediate_grant(event, mediator_did=did, routing_did=did, now=now)
         if isinstance(event, KeylistUpdateRequested):
-            results = await self._update_keylist(event, now)
+            results = await self._update_keylist(event, now, sender_kid)
             return coordinate.keylist_update_response(event, results, mediator_did=did, now=now)
         if isinstance(event, KeylistQueried):
             assert event.sender is not None
@@ -254,7 +256,9 @@ class Mediator:
         )
         self.metrics.queued += 1
 
-    async def _update_keylist(self, event: KeylistUpdateRequested, now: float) -> list[str]:
+    async def _update_keylist(
+        self, event: KeylistUpdateRequested, now: float, sender_kid: str | None
+    ) -> list[str]:
         owner = event.sender
         assert owner is not None
         if not await self.store.is_granted(owner):
@@ -268,7 +272,7 @@ class Mediator:
             if (
                 update.action is KeylistAction.ADD
                 and self.config.keylist_key_proof
-                and not self._controls(owner, update.recipient_did)
+                and not self._controls(owner, sender_kid, update.recipient_did)
             ):
                 results.append(KeylistResult.CLIENT_ERROR)
             else:
@@ -282,17 +286,23 @@ class Mediator:
         )
         return out
 
-    def _controls(self, owner: str, recipient_did: str) -> bool:
-        """authcrypt proved ``owner`` holds its keyAgreement key; does ``recipient_did``
-        use one of the same keys?"""
+    def _controls(self, owner: str, sender_kid: str | None, recipient_did: str) -> bool:
+        """Does ``recipient_did`` use the key ``owner`` proved it holds?
+
+        authcrypt proves only the key the request was encrypted from (``sender_kid``), not
+        every key ``owner``'s document lists: a DID may list someone else's public key.
+        """
         if owner == recipient_did:
             return True
+        if sender_kid is None:
+            return False
         try:
-            mine = self._agreement_keys(owner)
+            vm = self.resolver.verification_method(sender_kid)
+            proven = [str(vm.public_key_multibase or vm.public_key_jwk).encode()]
             theirs = self._agreement_keys(recipient_did)
         except DIDError:
             return False
-        return coordinate.may_register(owner, recipient_did, mine, theirs)
+        return coordinate.may_register(owner, recipient_did, proven, theirs)
 
     def _agreement_keys(self, did: str) -> list[bytes]:
         keys = []

@@ -13,9 +13,15 @@ from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
+import did_peer_2
 import pytest
+from aries_askar import Key, KeyAlg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from didcomm_messaging.crypto.backend.askar import AskarSecretKey
 from mediator_proc import MediatorProcess, mediator_process
 
+from didsession.did import PeerResolver, ServiceSpec, multikey
 from didsession.envelope import Envelope, new_message
 from didsession.errors import MediationError
 from didsession.identity import Identity, Store
@@ -147,6 +153,49 @@ def test_mediation_grant_and_keylist_update(tmp_path: Path, info: MediatorInfo) 
     with pytest.raises(MediationError) as err:
         run(request_mediation(direct, info))
     assert err.value.code == "e.p.req.routing"
+
+
+def test_a_did_cannot_claim_a_key_it_did_not_prove(tmp_path: Path, info: MediatorInfo) -> None:
+    """authcrypt proves the one key a message was encrypted with, not every key a DID
+    lists: a DID that also lists the victim's public key must not route the victim."""
+    victim = party(tmp_path, "victim", info)
+    own = party(tmp_path, "attacker")
+    assert own.ed25519_secret is not None and own.x25519_secret is not None
+    ed_public = Ed25519PrivateKey.from_private_bytes(own.ed25519_secret).public_key()
+    x_public = X25519PrivateKey.from_private_bytes(own.x25519_secret).public_key()
+    service = ServiceSpec(uri=info.did)
+    # a DID listing the attacker's own keyAgreement key, then the victim's public one
+    attacker = str(
+        did_peer_2.generate(
+            [
+                did_peer_2.KeySpec.verification(
+                    multikey("ed25519-pub", ed_public.public_bytes_raw())
+                ),
+                did_peer_2.KeySpec.key_agreement(
+                    multikey("x25519-pub", x_public.public_bytes_raw())
+                ),
+                did_peer_2.KeySpec.key_agreement(
+                    multikey("x25519-pub", PeerResolver().x25519_public(victim.did))
+                ),
+            ],
+            [service.to_json()],
+        )
+    )
+    env = Envelope()
+    kid = f"{attacker}#key-2"  # only the attacker's own key: it has no other secret
+    secret = Key.from_secret_bytes(KeyAlg.X25519, own.x25519_secret)
+    env.secrets.secrets[kid] = AskarSecretKey(secret, kid)
+    env.dids.add(attacker)
+
+    async def claim() -> None:
+        async with MediatorClient(info, attacker, env) as client:
+            await client.mediate()
+            assert await client.keylist_update(add=[victim.did]) == {victim.did: "client_error"}
+        # the victim's own grant puts it on its keylist
+        grant = await request_mediation(victim, info)
+        assert grant.recipient_dids == (victim.did,)
+
+    run(claim())
 
 
 def test_forwarded_while_offline_is_picked_up_later(tmp_path: Path, info: MediatorInfo) -> None:

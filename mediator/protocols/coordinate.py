@@ -10,7 +10,8 @@ granted to, and it owns the messages forwarded to the DIDs on its keylist.
 
 Who may add a DID to a keylist (the spec leaves this open and names the risk: a stranger
 registering someone else's DID first).  Here a sender may add its own DID or a DID that
-shares one of its keyAgreement keys, since authcrypt proved it holds that key;
+uses the keyAgreement key the request was authcrypted from: authcrypt proves the sender
+holds that key, and only that one (a DID document may list anybody's public keys);
 :func:`may_register` is the rule and the shell can switch it off.
 """
 
@@ -125,7 +126,9 @@ def may_register(
     """Whether ``sender`` may route ``recipient_did``: its own DID, or one sharing a key.
 
     Args:
-        sender_keys / recipient_keys: raw keyAgreement public keys of the two DIDs.
+        sender_keys: the keys the sender proved it holds (the one its request was
+            authcrypted from), not every key its document lists.
+        recipient_keys: the keyAgreement public keys of ``recipient_did``.
     """
     if sender == recipient_did:
         return True
