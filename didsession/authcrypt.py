@@ -61,6 +61,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from didsession import _x25519 as x25519
 from didsession._dataclass import dataclass
 from didsession.errors import DecryptError, DIDError, EnvelopeError
+from didsession.untrusted import parse_json
 
 __all__ = [
     "ALG",
@@ -293,7 +294,7 @@ def _decode_multikey(did: str, value: str) -> tuple[str, bytes]:
 def _flat_service(did: str, encoded: str) -> bool:
     """Whether a did:peer:2 service element is the old flat DIDCommMessaging form."""
     try:
-        service = json.loads(_b64decode(encoded))
+        service = parse_json(_b64decode(encoded))
     except (ValueError, UnicodeDecodeError):
         raise DIDError(f"malformed peer DID {did[:60]!r}…: undecodable service") from None
     if not isinstance(service, dict):
@@ -563,7 +564,7 @@ _TOP = frozenset({"protected", "recipients", "iv", "ciphertext", "tag"})
 
 def _parse_jwe(raw: bytes) -> _Jwe:
     try:
-        doc = json.loads(raw)
+        doc = parse_json(raw)
     except (ValueError, UnicodeDecodeError):
         raise EnvelopeError("not a DIDComm encrypted message: not JSON") from None
     if not isinstance(doc, dict):
@@ -579,7 +580,7 @@ def _parse_jwe(raw: bytes) -> _Jwe:
     if not doc.keys() <= _TOP:
         raise NeedsFullEnvelope("JWE with unprotected headers or extra AAD")
     try:
-        protected = json.loads(_b64decode(doc["protected"]))
+        protected = parse_json(_b64decode(doc["protected"]))
     except (ValueError, UnicodeDecodeError) as exc:
         raise EnvelopeError(f"not a DIDComm encrypted message: {exc}") from None
     if not isinstance(protected, dict):
@@ -626,7 +627,7 @@ def _epk(jwk: Any) -> X25519PublicKey:
 
 def _parse_plaintext(plaintext: bytes) -> dict[str, Any]:
     try:
-        message = json.loads(plaintext)
+        message = parse_json(plaintext)
     except (ValueError, UnicodeDecodeError):
         raise EnvelopeError("decrypted content is not JSON") from None
     if not isinstance(message, dict):

@@ -29,6 +29,7 @@ from didsession.errors import (
 )
 from didsession.identity import Identity, Store, default_home
 from didsession.status import StatusBoard
+from didsession.untrusted import parse_json
 
 EXAMPLES = """\
 examples:
@@ -300,7 +301,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     to = _recipient(store, args.to)
     raw = _read_input(args.input, MAX_ENVELOPE_BYTES)
     try:
-        message = json.loads(raw)
+        message = parse_json(raw)
     except ValueError:
         message = None
     envelope = Envelope(_resolver(store))

@@ -37,6 +37,7 @@ from didsession._dataclass import dataclass
 from didsession.authcrypt import new_message
 from didsession.did import PeerResolver, check_did_syntax, legacy_fragments
 from didsession.errors import DecryptError, DIDError, DidSessionError, EnvelopeError
+from didsession.untrusted import parse_json
 
 __all__ = [
     "FORWARD_TYPE",
@@ -410,7 +411,7 @@ class Envelope:
     @staticmethod
     def _parse_jwe(raw: bytes) -> JweEnvelope:
         try:
-            doc = json.loads(raw)
+            doc = parse_json(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise EnvelopeError("not a DIDComm encrypted message: not JSON") from exc
         if not isinstance(doc, dict):
@@ -428,7 +429,7 @@ class Envelope:
     @staticmethod
     def _parse_plaintext(plaintext: bytes) -> dict[str, Any]:
         try:
-            message = json.loads(plaintext)
+            message = parse_json(plaintext)
         except (ValueError, UnicodeDecodeError) as exc:
             raise EnvelopeError("decrypted content is not JSON") from exc
         if not isinstance(message, dict):

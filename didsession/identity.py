@@ -36,6 +36,7 @@ from didsession import _x25519 as x25519
 from didsession._dataclass import dataclass
 from didsession.authcrypt import NeedsFullEnvelope, did_keys
 from didsession.errors import ConfigError, IdentityError
+from didsession.untrusted import parse_json
 
 if TYPE_CHECKING:
     from didsession.did import Method
@@ -81,7 +82,7 @@ def write_private(path: Path, data: bytes) -> None:
 
 def _read_json(path: Path, what: str) -> Any:
     try:
-        return json.loads(path.read_text())
+        return parse_json(path.read_text())
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as exc:
@@ -299,7 +300,7 @@ class Store:
         self, ident: Identity, blob: bytes, passphrase: str | None
     ) -> tuple[bytes, bytes]:
         try:
-            doc = json.loads(blob)
+            doc = parse_json(blob)
             if not isinstance(doc, dict):
                 raise TypeError("not a JSON object")
             if "keys" in doc:
@@ -327,7 +328,7 @@ class Store:
                         f"wrong passphrase for identity {ident.name!r} (or its key file was "
                         "altered)"
                     ) from None
-                keys = json.loads(plain)
+                keys = parse_json(plain)
             ed_sk, x_sk = _unb64(keys["ed25519"]), _unb64(keys["x25519"])
         except IdentityError:
             raise

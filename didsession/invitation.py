@@ -23,6 +23,7 @@ import segno
 from didsession._dataclass import dataclass
 from didsession.did import PeerResolver, check_did_syntax
 from didsession.errors import DIDError, InvitationError
+from didsession.untrusted import parse_json
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -157,7 +158,7 @@ def parse_invitation(source: str | bytes, resolver: PeerResolver | None = None) 
     else:
         payload = _oob_payload(text)
     try:
-        message = json.loads(payload)
+        message = parse_json(payload)
     except ValueError:
         raise InvitationError("invitation is not valid JSON") from None
     return _validate(message, resolver or PeerResolver(capacity=8))

@@ -63,6 +63,7 @@ from didsession.relay_client import (
     relay_link,
     why,
 )
+from didsession.untrusted import parse_json
 
 if TYPE_CHECKING:
     from didsession.envelope import Envelope, Packed, Unpacked
@@ -430,7 +431,7 @@ class MediatorClient:
         """A reply from the mediator: authcrypt from its DID, or a plaintext message."""
         assert self.info is not None
         try:
-            doc = json.loads(data)
+            doc = parse_json(data)
         except (ValueError, UnicodeDecodeError):
             raise MediationError("the mediator's reply is not JSON", code="e.p.msg") from None
         if not isinstance(doc, dict):
@@ -729,7 +730,7 @@ async def send_packed(packed: Packed, *, timeout: float = DEFAULT_TIMEOUT) -> No
     if 200 <= status < 300:
         return
     try:
-        doc = json.loads(body)
+        doc = parse_json(body)
     except (ValueError, UnicodeDecodeError):
         doc = None
     problem = _problem(doc) if isinstance(doc, dict) else None

@@ -40,6 +40,7 @@ from didsession._dataclass import dataclass
 from didsession.authcrypt import NeedsFullEnvelope, check_did_syntax, did_keys, new_message
 from didsession.errors import DIDError, InvitationError, MediationError
 from didsession.tcp_liveness import VANISHED, keep_alive, watch
+from didsession.untrusted import parse_json
 
 if TYPE_CHECKING:
     from didsession.invitation import Invitation
@@ -153,7 +154,7 @@ def service_uri(did: str) -> str | None:
 def _peer2_service(did: str, encoded: str) -> Any:
     try:
         raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-        service = json.loads(raw)
+        service = parse_json(raw)
     except (binascii.Error, ValueError, UnicodeDecodeError):
         raise DIDError(f"malformed peer DID {did[:60]!r}…: undecodable service") from None
     return _expand(service)
@@ -209,7 +210,7 @@ def _invitation_did(source: str | bytes) -> str:
         except (binascii.Error, ValueError):
             raise InvitationError("the _oob parameter is not base64url UTF-8 JSON") from None
     try:
-        message = json.loads(text)
+        message = parse_json(text)
     except ValueError:
         raise InvitationError("invitation is not valid JSON") from None
     if not isinstance(message, dict):
@@ -648,7 +649,7 @@ async def _control(ws: aiohttp.ClientWebSocketResponse, timeout: float) -> dict[
         reason = msg.extra if msg.type is aiohttp.WSMsgType.CLOSE else msg.type.name
         raise MediationError(f"the relay closed: {reason}", code=XFER)
     try:
-        doc = json.loads(msg.data)
+        doc = parse_json(msg.data)
     except ValueError:
         raise MediationError("the relay sent something that is not JSON", code="e.p.msg") from None
     if not isinstance(doc, dict):

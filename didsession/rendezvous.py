@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -44,6 +43,7 @@ from didsession.session.multipath_asyncio import (
     multipath_for,
 )
 from didsession.session.stream import Session
+from didsession.untrusted import parse_json
 
 __all__ = ["MediatedSession", "connect_via_mediator", "serve_via_mediator"]
 
@@ -272,7 +272,7 @@ async def serve_via_mediator(
 
 def _message_type(plaintext: bytes) -> str | None:
     try:
-        doc = json.loads(plaintext)
+        doc = parse_json(plaintext)
     except ValueError:
         return None
     kind = doc.get("type") if isinstance(doc, dict) else None

@@ -47,6 +47,7 @@ from typing import Any, NotRequired, Protocol, TypedDict
 
 from didsession._dataclass import dataclass
 from didsession.errors import ConfigError, DidSessionError
+from didsession.untrusted import parse_json
 
 __all__ = [
     "HEARTBEAT",
@@ -771,7 +772,7 @@ def load_status(path: Path) -> SessionStatus:
     """
     data = _read_file(path)
     try:
-        value = json.loads(data, parse_constant=_reject_constant)
+        value = parse_json(data, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         raise ConfigError(f"not JSON ({type(exc).__name__})") from None
     return SessionStatus.from_json(value)

@@ -30,6 +30,7 @@ from typing import Any
 
 from didsession._dataclass import dataclass
 from didsession.errors import ProtocolError, RemoteProtocolError
+from didsession.untrusted import parse_json
 
 __all__ = [
     "ADAPTER_VERSION",
@@ -90,7 +91,7 @@ class Program:
                 code="e.p.mpyc.agreement",
             )
         try:
-            doc = json.loads(data[len(MAGIC) :])
+            doc = parse_json(data[len(MAGIC) :])
             args = doc["args"]
             return cls(
                 party=_int(doc["party"]),

@@ -44,6 +44,7 @@ from typing import Any
 from didsession._dataclass import dataclass
 from didsession.authcrypt import NeedsFullEnvelope, check_did_syntax, did_keys
 from didsession.errors import ConfigError, DIDError, InvitationError
+from didsession.untrusted import parse_json
 
 __all__ = [
     "MAX_PARTIES",
@@ -314,7 +315,7 @@ def load_roster(path: str | os.PathLike[str]) -> Roster:
     if len(data) > MAX_ROSTER_BYTES:
         raise ConfigError(f"roster {p} is larger than {MAX_ROSTER_BYTES} bytes")
     try:
-        doc = json.loads(data)
+        doc = parse_json(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"roster {p} is not valid JSON: {exc}") from None
     return Roster.from_json(doc, source=f"roster {p}")

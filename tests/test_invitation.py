@@ -30,7 +30,11 @@ needs_zbar = pytest.mark.skipif(
 
 
 def _b64(obj: object) -> str:
-    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+    return _b64raw(json.dumps(obj).encode())
+
+
+def _b64raw(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 @pytest.mark.parametrize("method", ["peer2", "peer4"])
@@ -142,6 +146,8 @@ BAD_CASES: list[tuple[str, Callable[[str], str], str]] = [
     ("no _oob", lambda d: "https://x/?oob=abc", "no _oob"),
     ("oversized", lambda d: "https://x/?_oob=" + "A" * (MAX_INVITATION_BYTES + 1), "limit"),
     ("array", lambda d: "[1,2]", "not valid JSON|JSON object"),
+    ("nested", lambda d: "[" * 5000, "not valid JSON"),
+    ("nested in a URL", lambda d: "https://x/?_oob=" + _b64raw(b"[" * 3000), "not valid JSON"),
     ("empty", lambda d: "   ", "empty"),
     ("no body", lambda d: json.dumps({k: v for k, v in _valid(d).items() if k != "body"}), "body"),
     ("no id", lambda d: json.dumps({k: v for k, v in _valid(d).items() if k != "id"}), "id"),

@@ -127,6 +127,8 @@ def test_broken_and_oversized_posts(
         "tampered header": (json.dumps(bad_header).encode(), {"e.p.msg", "e.p.msg.decrypt"}),
         "for someone else": (for_other.data, {"e.p.msg.decrypt"}),
         "17 recipients": (json.dumps(many).encode(), {"e.p.msg"}),
+        "nested 5000 deep": (b"[" * 5000, {"e.p.msg"}),  # json's RecursionError
+        "nested 200 deep": (b"[" * 200 + b"]" * 200, {"e.p.msg"}),
     }
     for name, (body, codes) in cases.items():
         status, reply, ctype = post(info.endpoint, body)
@@ -157,6 +159,9 @@ def test_websocket_garbage_and_oversized_frames(
                 reply = await ws.receive(timeout=5)
                 assert code_of(reply.data.encode()) == "e.p.msg"
                 await ws.send_bytes(os.urandom(300))
+                reply = await ws.receive(timeout=5)
+                assert code_of(reply.data.encode()) == "e.p.msg"
+                await ws.send_str("{" * 3000)  # json's RecursionError: refused, not fatal
                 reply = await ws.receive(timeout=5)
                 assert code_of(reply.data.encode()) == "e.p.msg"
                 # the connection survives garbage; an oversized frame closes it (1009)

@@ -108,6 +108,13 @@ def test_bad_rosters_are_refused_with_what_is_wrong(
 def test_unreadable_roster_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read roster"):
         load_roster(tmp_path / "missing.json")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000)  # json's RecursionError, not a traceback
+    with pytest.raises(ConfigError, match="not valid JSON: JSON nested deeper"):
+        load_roster(deep)
+    deep.write_text("[" * 100 + "]" * 100)
+    with pytest.raises(ConfigError, match="not valid JSON: JSON nested deeper"):
+        load_roster(deep)
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_roster(tmp_path / "bad.json")

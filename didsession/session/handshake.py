@@ -78,6 +78,7 @@ from didsession.session.keyschedule import (
     public_key,
     transcript_hash,
 )
+from didsession.untrusted import parse_json
 
 __all__ = [
     "MAX_MESSAGE_SIZE",
@@ -334,7 +335,7 @@ def pull_message(data: bytes) -> Message:
     if len(data) > MAX_MESSAGE_SIZE:
         raise _malformed("larger than 64 KiB")
     try:
-        parsed = json.loads(
+        parsed = parse_json(
             data.decode("utf-8"),
             object_pairs_hook=_no_duplicates,
             parse_constant=_reject_constant,
