@@ -12,7 +12,7 @@ from typing import Any
 
 from didsession.errors import DidSessionError, MediationError
 
-__all__ = ["RelayPath"]
+__all__ = ["MAX_RELAY_FRAME", "RelayPath"]
 
 
 def can_write_eof(transport: Any) -> bool:
@@ -25,12 +25,26 @@ def can_write_eof(transport: Any) -> bool:
         return False
 
 
+# The mediator's default largest relayed frame (its relay_max_frame_bytes).
+MAX_RELAY_FRAME = 64 << 10
+
+
 class RelayPath(asyncio.Transport):
     """A relay link as an asyncio transport driving a Protocol: each ``write`` becomes one
-    relay frame, each relay frame one ``data_received``; sends keep their order."""
+    relay frame, or several of at most ``max_frame`` bytes (the mediator drops a relay
+    client whose frame is larger; what runs over the path parses a byte stream, so where
+    frames split does not matter); each relay frame becomes one ``data_received``; sends
+    keep their order."""
 
-    def __init__(self, link: Any, protocol: asyncio.Protocol, stack: contextlib.AsyncExitStack):
+    def __init__(
+        self,
+        link: Any,
+        protocol: asyncio.Protocol,
+        stack: contextlib.AsyncExitStack,
+        max_frame: int = MAX_RELAY_FRAME,
+    ):
         super().__init__()
+        self._max_frame = max_frame
         self._link = link
         self._protocol = protocol
         self._stack = stack
@@ -51,7 +65,12 @@ class RelayPath(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing:
             return
-        self._pending.append(bytes(data))
+        step = self._max_frame
+        if len(data) <= step:
+            self._pending.append(bytes(data))
+        else:  # e.g. a multipath fallback resending what the lost path left unacknowledged
+            view = memoryview(data)
+            self._pending.extend(bytes(view[i : i + step]) for i in range(0, len(view), step))
         self._wake.set()
 
     async def wait_closed(self) -> None:

@@ -6,10 +6,13 @@ while a stream of numbered messages flows: none lost, none twice, none out of or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from typing import Any
 
 from didsession.candidates import Candidate, CandidateType, reusable_tcp_socket
+from didsession.errors import MediationError
+from didsession.relay_transport import MAX_RELAY_FRAME, RelayPath
 from didsession.session import Channel, ChannelState
 from didsession.session.multipath import MultipathConfig, PathKind
 from didsession.session.multipath_asyncio import (
@@ -259,3 +262,69 @@ def test_listener_refuses_a_direct_path_for_a_session_that_has_ended() -> None:
     up, errors = asyncio.run(scenario())
     assert not up
     assert errors == []
+
+
+class _RelayLink:
+    """Stands in for one end of a relay link (didsession.relay_client.RelayLink) with the
+    mediator's rule that matters here: a frame over 64 KiB ends the link.  (The relay
+    itself is tested against the real mediator in test_mediator_stun_relay.py.)"""
+
+    def __init__(self, inbox: asyncio.Queue[bytes], outbox: asyncio.Queue[bytes]) -> None:
+        self.inbox, self.outbox = inbox, outbox
+        self.sizes: list[int] = []
+
+    async def send(self, frame: bytes) -> None:
+        if len(frame) > MAX_RELAY_FRAME:
+            raise MediationError("relay closed: frame too big", code="e.p.xfer.closed")
+        self.sizes.append(len(frame))
+        await self.outbox.put(frame)
+
+    async def recv(self) -> bytes:
+        return await self.inbox.get()
+
+
+def test_fallback_to_the_relay_resends_more_than_one_relay_frame() -> None:
+    """What the direct path left unacknowledged goes back over the relay in frames the
+    mediator accepts (one write of it all made the mediator drop the session)."""
+
+    async def scenario() -> tuple[list[bytes], list[bytes], dict[str, Any], list[int]]:
+        loop = asyncio.get_running_loop()
+        pair = SessionPair.establish()
+        ch_a, ch_b = pair.initiator, pair.responder
+        up_a, up_b = Upper(ch_a), Upper(ch_b)
+        mp_a = MultipathTransport(multipath_for(ch_a, now=loop.time(), config=CFG), up_a)
+        mp_b = MultipathTransport(multipath_for(ch_b, now=loop.time(), config=CFG), up_b)
+        ab: asyncio.Queue[bytes] = asyncio.Queue()
+        ba: asyncio.Queue[bytes] = asyncio.Queue()
+        link_a, link_b = _RelayLink(ba, ab), _RelayLink(ab, ba)
+        stacks = contextlib.AsyncExitStack(), contextlib.AsyncExitStack()
+        relay_a = RelayPath(link_a, PathProtocol(), stacks[0])
+        relay_b = RelayPath(link_b, PathProtocol(), stacks[1])
+        mp_a.add_path(PathKind.RELAY, relay_a, local="relay", remote="relay")
+        mp_b.add_path(PathKind.RELAY, relay_b, local="relay", remote="relay")
+        listener = PathListener()
+        await listener.start(reusable_tcp_socket(0, "127.0.0.1"))
+        listener.register(ch_b.attach_id, mp_b)
+        assert await dial_direct(mp_a, None, _host(listener.port), timeout=5.0)
+        await asyncio.wait_for(mp_b.direct_up.wait(), 5.0)
+        await asyncio.sleep(0.1)
+        # 160 KB in flight on the direct path, cut before anything is acknowledged
+        sent = [bytes([i]) * 40_000 for i in range(4)]
+        for payload in sent:
+            mp_a.write(ch_a.seal(payload))
+        mp_a._transports[mp_a.mp.active].abort()  # type: ignore[attr-defined]
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if len(up_b.got) >= len(sent):
+                break
+        status = mp_a.status()
+        listener.close()
+        mp_a.close()
+        mp_b.close()
+        await asyncio.sleep(0.05)
+        return sent, up_b.got, status, link_a.sizes
+
+    sent, got, status, sizes = asyncio.run(scenario())
+    assert got == sent
+    assert status["path"] == "relay" and status["fallbacks"] == 1
+    assert sizes and max(sizes) <= MAX_RELAY_FRAME and sum(sizes) > MAX_RELAY_FRAME
