@@ -61,7 +61,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from didsession import _x25519 as x25519
 from didsession._dataclass import dataclass
 from didsession.errors import DecryptError, DIDError, EnvelopeError
-from didsession.untrusted import parse_json
+from didsession.untrusted import parse_json, remember
 
 __all__ = [
     "ALG",
@@ -355,8 +355,10 @@ class Authcrypt:
     ) -> None:
         self._capacity = capacity
         self._cache: OrderedDict[str, DIDKeys] = OrderedDict()
-        self._short_to_long: dict[str, str] = {}
-        self._legacy_peers: set[str] = set()
+        # Kept longer than the keys (they cannot be derived again), bounded all the same.
+        self._kept = 16 * capacity
+        self._short_to_long: OrderedDict[str, str] = OrderedDict()
+        self._legacy_peers: OrderedDict[str, None] = OrderedDict()
         self._rand = rand
         self.did = did
         keys = self.keys(did)
@@ -388,10 +390,8 @@ class Authcrypt:
         else:
             found = did_keys(did)
             if found.short:
-                self._short_to_long[found.short] = did
-        self._cache[did] = found
-        if len(self._cache) > self._capacity:
-            self._cache.popitem(last=False)
+                remember(self._short_to_long, found.short, did, self._kept)
+        remember(self._cache, did, found, self._capacity)
         return found
 
     def x25519_public(self, did: str) -> bytes:
@@ -405,7 +405,7 @@ class Authcrypt:
 
     def mark_legacy(self, did: str) -> None:
         """Answer ``did`` in the legacy dialect from now on (it used a legacy kid)."""
-        self._legacy_peers.add(did)
+        remember(self._legacy_peers, did, None, self._kept)
 
     # -- pack ----------------------------------------------------------------------------
 
@@ -528,7 +528,7 @@ class Authcrypt:
                 f"message claims to be from {str(frm)[:60]}… but was encrypted by {sender_did[:60]}…"
             )
         if not sender_kid.split("#", 1)[1].startswith("key-"):
-            self._legacy_peers.add(sender_did)  # answer it in its own dialect
+            remember(self._legacy_peers, sender_did, None, self._kept)  # its own dialect
         return plaintext, sender_did
 
     @staticmethod

@@ -27,6 +27,7 @@ from pydid import DIDDocument, DIDUrl, Resource, VerificationMethod
 
 from didsession._dataclass import dataclass
 from didsession.errors import DIDError
+from didsession.untrusted import remember
 
 __all__ = [
     "MAX_DID_LENGTH",
@@ -133,16 +134,19 @@ class PeerResolver(DIDResolver):
     """Resolves did:peer:2 and did:peer:4 (long form; short form once the long was seen).
 
     A bounded LRU holds raw and parsed documents.  Documents are immutable (a peer DID *is*
-    its document), so the cache never needs invalidation.
+    its document), so the cache never needs invalidation.  What cannot be resolved again
+    from the DID alone (the long form behind a did:peer:4 short form, the key-id dialect a
+    peer speaks) is kept longer, but bounded too: senders are free to make new DIDs.
     """
 
     def __init__(self, capacity: int = 1024) -> None:
         self._capacity = capacity
         self._raw: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._parsed: OrderedDict[str, DIDDocument] = OrderedDict()
-        self._short_to_long: dict[str, str] = {}
+        self._kept = 16 * capacity
+        self._short_to_long: OrderedDict[str, str] = OrderedDict()
         # DIDs of peers that name keys the peerdid 0.5 way (see module docstring)
-        self.legacy_dids: set[str] = set()
+        self._legacy: OrderedDict[str, None] = OrderedDict()
         self.misses = 0
 
     # -- the DIDResolver interface ---------------------------------------------------
@@ -178,12 +182,12 @@ class PeerResolver(DIDResolver):
             if did_peer_2.PATTERN.match(did):
                 doc = did_peer_2.resolve(did)
                 if _normalize_legacy_services(doc):
-                    self.legacy_dids.add(did)
+                    self.add_legacy(did)
             elif did_peer_4.LONG_PATTERN.match(did):
                 doc = did_peer_4.resolve(did)
                 for aka in doc.get("alsoKnownAs", []):
                     if did_peer_4.SHORT_PATTERN.match(aka):
-                        self._short_to_long[aka] = did
+                        remember(self._short_to_long, aka, did, self._kept)
             elif did_peer_4.SHORT_PATTERN.match(did):
                 long = self._short_to_long.get(did)
                 if long is None:
@@ -265,7 +269,11 @@ class PeerResolver(DIDResolver):
     def is_legacy(self, did: str) -> bool:
         """True for a peer that names keys the peerdid 0.5 way (see module docstring)."""
         self.resolve_sync(did)
-        return did in self.legacy_dids
+        return did in self._legacy
+
+    def add_legacy(self, did: str) -> None:
+        """``did``'s party speaks the peerdid 0.5 dialect: answer it in that dialect."""
+        remember(self._legacy, did, None, self._kept)
 
     def legacy_kid(self, did: str) -> str:
         """``did#<8 chars>``: the only name a peerdid 0.5 resolver has for the agreement key."""

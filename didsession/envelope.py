@@ -384,7 +384,7 @@ class Envelope:
         if sender_did is not None and sender_kid is not None:
             self._check_sender(message, sender_did, sender_kid)
             if not sender_kid.split("#", 1)[1].startswith("key-"):
-                self.resolver.legacy_dids.add(sender_did)  # answer it in its own dialect
+                self.resolver.add_legacy(sender_did)  # answer it in its own dialect
         return Unpacked(
             message=message,
             plaintext=plaintext,

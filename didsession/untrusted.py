@@ -1,18 +1,25 @@
-"""JSON from bytes somebody else wrote: every failure is a ``ValueError``.
+"""What others send us: JSON whose every failure is a ``ValueError``, and bounded memory.
 
 ``json.loads`` raises ``RecursionError``, not ``ValueError``, on deeply nested input
 (``[[[[...`` of a few KB), and a value nested just below that limit can still exhaust the
 stack later, in whatever walks it (``copy.deepcopy``, ``json.dumps``, validation).  Every
 parser of input from the network or from files a person hands us catches ``ValueError``
 and reports it as its own typed error; this keeps that true and bounds the nesting.
+
+Whatever a stranger can make us remember (a DID's short form, the key-id dialect it
+speaks) is kept in a bounded LRU (:func:`remember`), never in a plain dict or set.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections import OrderedDict
+from typing import Any, TypeVar
 
-__all__ = ["MAX_DEPTH", "parse_json"]
+__all__ = ["MAX_DEPTH", "parse_json", "remember"]
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 # Far deeper than any DIDComm message, DID document, roster or status file nests.
 MAX_DEPTH = 64
@@ -44,3 +51,12 @@ def _deeper_than(value: dict[str, Any] | list[Any], limit: int) -> bool:
             if isinstance(child, dict | list):
                 stack.append((child, depth + 1))
     return False
+
+
+def remember(cache: OrderedDict[K, V], key: K, value: V, capacity: int) -> None:
+    """Put ``key`` in the LRU ``cache`` (most recent last), dropping the oldest beyond
+    ``capacity`` entries."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > capacity:
+        cache.popitem(last=False)

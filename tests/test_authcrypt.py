@@ -580,3 +580,32 @@ def test_sessions_do_not_load_cryptographys_openssl_backend_module(tmp_path: Pat
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_what_strangers_make_us_remember_is_bounded() -> None:
+    """Every new did:peer:4 teaches its short form and every legacy peer its dialect;
+    both are kept in bounded LRUs, not in maps that grow for the life of a mediator."""
+
+    def fresh_peer4() -> str:
+        ed = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+        x = X25519PrivateKey.generate().public_key().public_bytes_raw()
+        return create_peer_did(ed, x, None, "peer4")
+
+    secret = X25519PrivateKey.generate()
+    me = create_peer_did(
+        Ed25519PrivateKey.generate().public_key().public_bytes_raw(),
+        secret.public_key().public_bytes_raw(),
+        None,
+    )
+    resolver = PeerResolver(capacity=2)
+    lite_ = Authcrypt(me, secret.private_bytes_raw(), capacity=2)
+    dids = [fresh_peer4() for _ in range(50)]
+    for did in dids:
+        resolver.resolve_sync(did)
+        resolver.add_legacy(did)
+        lite_.keys(did)
+    for kept in (resolver._short_to_long, resolver._legacy, lite_._short_to_long):
+        assert len(kept) == 32  # 16 x capacity: the newest
+    short = PeerResolver().short_form(dids[-1])
+    assert short is not None and resolver.resolve_sync(short)  # the newest still resolve
+    assert resolver.is_legacy(dids[-1]) and not resolver.is_legacy(dids[0])
