@@ -150,6 +150,9 @@ def _show(value: Any) -> str:
     return text if len(text) <= 48 else text[:45] + "..."
 
 
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+
+
 def _check_ip(value: Any) -> str:
     """The canonical text of an IP literal a peer may ask us to dial."""
     if not isinstance(value, str):
@@ -162,9 +165,17 @@ def _check_ip(value: Any) -> str:
         raise _bad(
             f"candidate host must be an IP address (no host names), got {_show(value)}"
         ) from None
-    if ip.is_unspecified or ip.is_multicast or ip.is_link_local:
+    # An IPv4-mapped IPv6 address is judged as the IPv4 address it maps (Python 3.11's
+    # is_unspecified and friends do not look through it); 0.0.0.0/8 means "this host".
+    seen = ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped is not None else ip
+    if (
+        seen.is_unspecified
+        or seen.is_multicast
+        or seen.is_link_local
+        or (seen.version == 4 and seen in _THIS_NETWORK)
+    ):
         raise _bad(f"candidate host {ip} is not a unicast address that can be dialled")
-    if ip.version == 4 and ip == ipaddress.IPv4Address("255.255.255.255"):
+    if seen.version == 4 and seen == ipaddress.IPv4Address("255.255.255.255"):
         raise _bad("candidate host 255.255.255.255 is the broadcast address")
     return str(ip)
 

@@ -111,7 +111,12 @@ def info_for(did: str, endpoint: str | None, invitation: Invitation | None = Non
     """
     if endpoint is None or not endpoint.startswith(("http://", "https://")):
         raise DIDError(f"the mediator DID {did[:60]}… has no HTTP(S) DIDComm endpoint")
-    base = http_base(endpoint)
+    try:
+        base = http_base(endpoint)
+    except ValueError as exc:  # urlsplit: e.g. "Invalid IPv6 URL"
+        raise DIDError(
+            f"the mediator DID {did[:60]}… has a malformed DIDComm endpoint: {exc}"
+        ) from None
     ws_base = "ws" + base[4:] if base.startswith("http") else base
     return MediatorInfo(did, endpoint, ws_base + "/ws", ws_base + "/relay", invitation)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -133,6 +134,10 @@ VALID: dict[str, Any] = {
         (dict(VALID, host="169.254.1.1"), "not a unicast address"),
         (dict(VALID, host="0.0.0.0"), "0.0.0.0 is not a unicast address"),
         (dict(VALID, host="::"), ":: is not a unicast address"),
+        (dict(VALID, host="::ffff:0.0.0.0"), "::ffff:0:0 is not a unicast address"),
+        (dict(VALID, host="0.1.2.3"), "0.1.2.3 is not a unicast address"),
+        (dict(VALID, host="::ffff:224.0.0.1"), "is not a unicast address"),
+        (dict(VALID, host="::ffff:255.255.255.255"), "broadcast"),
         (dict(VALID, host="224.0.0.1"), "not a unicast address"),
         (dict(VALID, host="255.255.255.255"), "broadcast"),
         (dict(VALID, host="x" * 1000), "got 'xxxxxxxx"),
@@ -241,6 +246,12 @@ def test_fuzz_near_valid_lists(value: list[Any]) -> None:
     _check_decoded(json.loads(json.dumps(value)))
 
 
+def _mapped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """An IPv4-mapped IPv6 address (judged as the IPv4 address it maps, which Python 3.11's
+    is_global does not look through)."""
+    return isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(
@@ -248,7 +259,9 @@ def test_fuzz_near_valid_lists(value: list[Any]) -> None:
             Candidate,
             type=st.sampled_from(CandidateType),
             proto=st.just("tcp"),
-            host=st.ip_addresses().filter(lambda ip: ip.is_global and not ip.is_multicast).map(str),
+            host=st.ip_addresses()
+            .filter(lambda ip: ip.is_global and not ip.is_multicast and not _mapped(ip))
+            .map(str),
             port=st.integers(1, 65535),
             priority=st.integers(1, 2**31 - 1),
         ),

@@ -97,3 +97,21 @@ def test_malformed_dids_raise_dierror(bad: str) -> None:
         assert exc.message  # a sentence for a person
     else:
         pytest.fail(f"{bad[:40]!r} resolved to a usable X25519 key")
+
+
+def test_a_mediator_did_with_a_malformed_endpoint_is_a_did_error() -> None:
+    """``http://[foo`` passes the scheme check but urlsplit refuses it (ValueError)."""
+    import asyncio
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from didsession.relay_client import relay_info
+
+    did = create_peer_did(
+        Ed25519PrivateKey.generate().public_key().public_bytes_raw(),
+        X25519PrivateKey.generate().public_key().public_bytes_raw(),
+        ServiceSpec(uri="http://[foo"),
+    )
+    with pytest.raises(DIDError, match="malformed DIDComm endpoint"):
+        asyncio.run(relay_info(did))
