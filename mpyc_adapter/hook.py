@@ -286,6 +286,8 @@ def _plan(options: argparse.Namespace, taken: str | None = None) -> Any:
     if options.config or options.parties:
         raise ConfigError("--didcomm replaces -C/-P: the roster says who the parties are")
     timeout = timeout_seconds(options.didcomm_timeout)
+    if options.M is not None and options.M < 1:
+        raise ConfigError(f"-M {options.M}: the number of parties must be at least 1")
     if options.ssl:
         raise ConfigError(
             "--didcomm and --ssl exclude each other: sessions already encrypt and "

@@ -896,6 +896,8 @@ def test_help_lists_didcomm_and_bad_options_fail_early(tmp_path: Path) -> None:
         (["-M3", "-I", "1", "--didcomm"], "starts all m parties itself"),
         (["--didcomm", "r.json", "--didcomm-timeout", "soon"], "not a number of seconds"),
         (["-M3", "--didcomm", "--didcomm-timeout", "-1"], "give 0 (no timeout) or 2 to 86400"),
+        (["-M0", "--didcomm"], "-M 0: the number of parties must be at least 1"),
+        (["-M-1", "--didcomm"], "-M -1: the number of parties must be at least 1"),
     ):
         run = subprocess.run([PY, prog, *args], capture_output=True, timeout=60, cwd=tmp_path)
         assert run.returncode == 1, args
