@@ -117,8 +117,11 @@ CONNECT_TIMEOUT = 3.0
 # before MPyC hears of it (MPyC then retries every 0.1 s, as it always does).
 REFUSED_POLL = 0.005
 REFUSED_PATIENCE = 1.0
-# After this long without reaching a party directly, say once that we wait for it.
+# After this long without reaching a party directly, say once that we wait for it; after
+# this long without some party's link (any side, any path), say which, and again every
+# WAIT_REPEAT seconds (plain MPyC waits silently).
 WAIT_NOTICE = 10.0
+WAIT_REPEAT = 60.0
 # How long a party that stops during start() goes on telling the others why.
 STOP_GRACE = 2.0
 RELAY_WAIT = 60.0
@@ -235,6 +238,7 @@ class DidcommNetwork:
         self._ahead_started = False
         self._warned: set[tuple[int, str]] = set()
         self._unreached: dict[int, float] = {}  # peer -> when a direct connect first failed
+        self._noticed: set[int] = set()  # peers _waiting already said we wait for
         self._refusals: set[str] = set()
         self._pending: dict[str, int] = {}  # accepted, not yet with MPyC: per remote host
         self._stopping = False
@@ -273,14 +277,37 @@ class DidcommNetwork:
         setattr(loop, "create_connection", self.create_connection)  # noqa: B010
         setattr(loop, "create_server", self.create_server)  # noqa: B010
         self._starting = True
+        watcher = loop.create_task(self._say_who_is_missing())
         try:
             yield
         finally:
+            watcher.cancel()
             self._starting = False
             self._drop_prepared()
             for name in ("create_connection", "create_server"):
                 with contextlib.suppress(AttributeError):
                     delattr(loop, name)
+
+    async def _say_who_is_missing(self) -> None:
+        """While MPyC's ``start()`` waits: after :data:`WAIT_NOTICE` s, and every
+        :data:`WAIT_REPEAT` s after, say which parties have no link yet, on either side
+        and either path (a party that is not started, or waits at another mediator)."""
+        wait = WAIT_NOTICE
+        while True:
+            await asyncio.sleep(wait)
+            wait = WAIT_REPEAT
+            missing = [
+                i
+                for i in range(len(self.roster))
+                if i != self.pid and i not in self.links and i not in self._noticed
+            ]
+            if missing:
+                names = ", ".join(self.party_label(i) for i in missing)
+                waited = time.monotonic() - self.started_at
+                log.warning(
+                    f"didsession: waiting for {names} to connect ({waited:.0f} s so far); "
+                    "the computation starts once every party has started"
+                )
 
     async def create_connection(
         self, protocol_factory: Callable[[], Any], host: Any = None, port: Any = None, **kw: Any
@@ -433,6 +460,7 @@ class DidcommNetwork:
         now = time.monotonic()
         since = self._unreached.setdefault(peer, now)
         if now - since >= WAIT_NOTICE:
+            self._noticed.add(peer)
             self._warn(
                 peer,
                 f"still waiting for {self.party_label(peer)} at {host}:{port} ({why}); "

@@ -269,6 +269,18 @@ def test_a_party_joining_late(parties: Parties, tmp_path: Path) -> None:
     assert all(r.lines == expected for r in results)
 
 
+def test_parties_say_whom_they_wait_for(parties: Parties, tmp_path: Path) -> None:
+    """Party 0 starts 11 s late: the parties that accept its links (plain MPyC waits
+    silently there) say after 10 s whom they are waiting for, then compute as usual."""
+    roster = parties.roster(3)
+    results = ok(parties.didcomm("sums.py", ["5"], roster, 3, tmp_path, delays={0: 11.0}))
+    assert len({tuple(r.lines) for r in results}) == 1
+    for r in results[1:]:
+        assert "waiting for party 0 (p0) to connect (10 s so far)" in r.out, r.out
+        assert "party 2 (p2) to connect" not in r.out and "party 1 (p1) to connect" not in r.out
+    assert "to connect" not in results[0].out
+
+
 def test_a_wrong_did_is_refused(parties: Parties, tmp_path: Path) -> None:
     """Party 1 is run by an identity outside the roster (with a roster of its own naming
     it): the honest parties refuse its sessions, and it stops with a clear error."""
