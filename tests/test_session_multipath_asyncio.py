@@ -13,8 +13,9 @@ from typing import Any
 from didsession.candidates import Candidate, CandidateType, reusable_tcp_socket
 from didsession.errors import MediationError
 from didsession.relay_transport import MAX_RELAY_FRAME, RelayPath
-from didsession.session import Channel, ChannelState
-from didsession.session.multipath import MultipathConfig, PathKind
+from didsession.session import Channel, ChannelState, SessionConfig
+from didsession.session.frame import OVERHEAD
+from didsession.session.multipath import MultipathConfig, PathClosed, PathKind
 from didsession.session.multipath_asyncio import (
     MultipathTransport,
     PathListener,
@@ -328,3 +329,19 @@ def test_fallback_to_the_relay_resends_more_than_one_relay_frame() -> None:
     assert got == sent
     assert status["path"] == "relay" and status["fallbacks"] == 1
     assert sizes and max(sizes) <= MAX_RELAY_FRAME and sum(sizes) > MAX_RELAY_FRAME
+
+
+def test_a_path_refuses_frames_longer_than_the_negotiated_payload() -> None:
+    """multipath_for bounds frames by this party's max_payload (spec §6.4), not by the
+    multipath layer's 16 MiB ceiling: a longer frame is refused from its length alone."""
+    pair = SessionPair.establish(responder_config=SessionConfig(max_payload=4096))
+    for channel, limit in ((pair.responder, 4096), (pair.initiator, 1 << 20)):
+        mp = multipath_for(channel, now=0.0)
+        pid = mp.add_path(PathKind.RELAY, 0.0)
+        head = (limit + OVERHEAD - 4).to_bytes(4, "big") + bytes(8)  # fits: waits for more
+        assert mp.receive(pid, head, 0.0) == []
+        mp = multipath_for(channel, now=0.0)
+        pid = mp.add_path(PathKind.RELAY, 0.0)
+        assert mp.receive(pid, (limit + OVERHEAD - 3).to_bytes(4, "big") + bytes(8), 0.0) == []
+        closed = [e for e in mp.events() if isinstance(e, PathClosed)]
+        assert closed and "on a multipath path" in closed[0].reason

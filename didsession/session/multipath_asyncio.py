@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 from collections.abc import Callable, Sequence
@@ -32,7 +33,8 @@ from didsession.errors import FrameError, RemoteProtocolError
 from didsession.relay_transport import can_write_eof
 from didsession.session.channel import Channel
 from didsession.session.events import Event
-from didsession.session.keyschedule import path_check_key
+from didsession.session.frame import OVERHEAD
+from didsession.session.keyschedule import Role, path_check_key
 from didsession.session.multipath import (
     Multipath,
     MultipathConfig,
@@ -65,7 +67,15 @@ def multipath_for(
     channel: Channel, *, now: float, config: MultipathConfig | None = None
 ) -> Multipath:
     """The multipath core of an established channel, taking over after the frames the
-    channel already received on the handshake path."""
+    channel already received on the handshake path.  Frames longer than the payload this
+    party accepts (its ``max_payload``, spec §6.4) are refused before they are buffered."""
+    config = config or MultipathConfig()
+    own = (
+        channel.params.initiator_max_payload
+        if channel.role is Role.INITIATOR
+        else channel.params.responder_max_payload
+    )
+    config = dataclasses.replace(config, max_frame=min(config.max_frame, own + OVERHEAD))
     return Multipath(
         role=channel.role,
         key=path_check_key(channel.resumption().secret),
