@@ -12,6 +12,7 @@ import asyncio
 import getpass
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +43,14 @@ examples:
   didsession unpack packed.json                decrypt a message sent to you
   didsession listen --port 7800                accept sessions from contacts
   didsession connect alice --to 127.0.0.1:7800 open a session and chat line by line
+  didsession status                            show the sessions running now
+
+an MPyC computation (every party has an identity and shares its invitation):
+  didsession roster make -o roster.json INV0 INV1 INV2
+                                               the parties' invitations, in party order
+  didsession roster show roster.json           check the parties and the fingerprint
+  python prog.py --didcomm roster.json -I 0    run as party 0, each link a session
+  didsession demo                              all of this with 3 parties, in temporary homes
 
 Identities live in --home, $DIDSESSION_HOME or $XDG_DATA_HOME/didsession.
 """
@@ -215,7 +224,13 @@ def cmd_invite(args: argparse.Namespace) -> int:
     inv = make_invitation(ident.did, args.label or ident.name)
     url = inv.to_url(args.base_url)
     fmt = args.format
-    if fmt == "url":
+    if args.json:
+        if fmt:
+            raise ConfigError("--json prints the URL and the invitation together: drop --format")
+        doc = {"name": ident.name, "did": ident.did, "url": url, "invitation": inv.message}
+        out = (json.dumps(doc, indent=2) + "\n").encode()
+        fmt = "json"
+    elif fmt == "url":
         out = (url + "\n").encode()
     elif fmt == "json":
         out = (json.dumps(inv.message, indent=2) + "\n").encode()
@@ -325,13 +340,12 @@ def cmd_pack(args: argparse.Namespace) -> int:
             message.setdefault("from", frm)
     packed = asyncio.run(envelope.pack(message, to=to, frm=frm, forward=not args.no_forward))
     if args.json:
-        _print_json(
-            {
-                "packed": json.loads(packed.data),
-                "endpoint": packed.endpoint,
-                "forwarded": packed.forwarded,
-            }
-        )
+        doc = {
+            "packed": json.loads(packed.data),
+            "endpoint": packed.endpoint,
+            "forwarded": packed.forwarded,
+        }
+        _write_output(args.output, (json.dumps(doc, indent=2) + "\n").encode())
     else:
         _write_output(args.output, packed.data + b"\n")
         if packed.endpoint:
@@ -468,9 +482,19 @@ async def _chat(
     _emit(args, "closed", "session closed", session_id=info["session_id"])
 
 
+def _os_reason(exc: OSError) -> str:
+    """Why a socket call failed, in words ("address already in use"), without the
+    "error while attempting to bind on address (...)" that asyncio puts around it."""
+    if exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror):
+        return os.strerror(exc.errno).lower()
+    return str(exc.strerror or exc).lower()
+
+
 def cmd_listen(args: argparse.Namespace) -> int:
     from didsession.peer import serve
 
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be 0..65535, got {args.port}")
     store = _store(args)
     ident = _load(args)
     contacts = store.contacts()
@@ -504,15 +528,19 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
         from didsession.envelope import Envelope
 
-        server = await serve(
-            ident,
-            args.host,
-            args.port,
-            on_session,
-            accept_peer=allowed,
-            on_error=on_error,
-            envelope=Envelope(_resolver(store)),
-        )
+        try:
+            server = await serve(
+                ident,
+                args.host,
+                args.port,
+                on_session,
+                accept_peer=allowed,
+                on_error=on_error,
+                envelope=Envelope(_resolver(store)),
+            )
+        except OSError as exc:
+            where = f"[{args.host}]" if ":" in args.host else args.host
+            raise ConfigError(f"cannot listen on {where}:{args.port}: {_os_reason(exc)}") from None
         sock = server.sockets[0].getsockname()
         _emit(
             args,
@@ -915,10 +943,17 @@ def build_parser() -> argparse.ArgumentParser:
         "wrapping unless --no-forward.",
     )
     p.add_argument("input", nargs="?", metavar="FILE|-", help="message file (default: stdin)")
-    p.add_argument("--to", required=True, metavar="DID|CONTACT")
+    p.add_argument(
+        "--to", required=True, metavar="DID|CONTACT", help="recipient: a contact alias or a DID"
+    )
     p.add_argument("--anon", action="store_true", help="anoncrypt: do not reveal the sender")
     p.add_argument("--no-forward", action="store_true", help="no forward wrapping")
-    p.add_argument("-o", "--output", metavar="FILE")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write to FILE instead of stdout (with --json: the JSON)",
+    )
 
     p = add(
         "listen",
@@ -1050,7 +1085,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build a roster from invitations (URLs, JSON or files; - for stdin), "
         "one per party, in party order.",
     )
-    rp.add_argument("invitations", nargs="+", metavar="INVITATION", help="URL, file or -")
+    rp.add_argument(
+        "invitations",
+        nargs="+",
+        metavar="INVITATION",
+        help="invitation URL, JSON, file holding either, or - for stdin",
+    )
     rp.add_argument("-o", "--output", required=True, metavar="FILE", help="roster file")
     rp.add_argument(
         "--addr",
@@ -1060,8 +1100,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--mediator", metavar="URL_OR_DID", help="mediator whose relay to use")
     rp.add_argument("--relay-only", action="store_true", help="carry every link via the relay")
-    rp = rsub.add_parser("show", parents=[plain], help="show a roster")
-    rp.add_argument("roster", metavar="FILE")
+    rp = rsub.add_parser(
+        "show",
+        parents=[plain],
+        help="show a roster",
+        description="Show a roster: each party's id, DID, label and how the others reach "
+        "it, the mediator, and the fingerprint.  Every party must run with the same roster "
+        "(same fingerprint), or the parties refuse to compute together.",
+    )
+    rp.add_argument("roster", metavar="FILE", help="roster file made by 'roster make'")
 
     p = add("unpack", cmd_unpack, "decrypt a DIDComm v2 message sent to one of your identities")
     p.add_argument("input", nargs="?", metavar="FILE|-", help="packed message (default: stdin)")

@@ -23,8 +23,10 @@ import json
 import os
 import re
 import secrets
+import stat
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +57,10 @@ def default_home() -> Path:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(xdg) / "didsession"
+
+
+def _warn_stderr(message: str) -> None:
+    print(f"didsession: warning: {message}", file=sys.stderr)
 
 
 def _b64(data: bytes) -> str:
@@ -141,16 +147,30 @@ class Contact:
 class Store:
     """Identities and contacts in one home directory."""
 
-    def __init__(self, home: Path | None = None) -> None:
+    def __init__(
+        self, home: Path | None = None, *, warn: Callable[[str], None] | None = None
+    ) -> None:
+        """The store in ``home``.
+
+        Args:
+            home: the home directory (default: :func:`default_home`).
+            warn: told about problems that do not stop the work, such as a key file others
+                can read (default: a ``didsession: warning:`` line on stderr).
+        """
         self.home = Path(home) if home else default_home()
+        self.warn = warn or _warn_stderr
 
     # -- identities ------------------------------------------------------------------
     def _ident_dir(self, name: str) -> Path:
         return self.home / "identities" / name
 
     def _ensure_home(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (self.home / "identities").mkdir(exist_ok=True, mode=0o700)
+        try:
+            self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            (self.home / "identities").mkdir(exist_ok=True, mode=0o700)
+        except OSError as exc:
+            reason = "it is not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+            raise ConfigError(f"cannot create home {self.home}: {reason}") from None
 
     def names(self) -> list[str]:
         root = self.home / "identities"
@@ -214,10 +234,15 @@ class Store:
             x25519_secret=bytes(x.get_secret_bytes()),
         )
         self._ensure_home()
-        folder.mkdir(mode=0o700, exist_ok=True)
-        write_private(folder / "secret.json", self._seal_secret(ident, passphrase))
         pub = dict(ident.public_json(), version=FORMAT_VERSION)
-        write_private(folder / "identity.json", json.dumps(pub, indent=2).encode())
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            write_private(folder / "secret.json", self._seal_secret(ident, passphrase))
+            write_private(folder / "identity.json", json.dumps(pub, indent=2).encode())
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write identity {name!r} in {folder}: {exc.strerror}"
+            ) from None
         if self.default_name() is None or len(self.names()) == 1:
             self.set_default(name)
         return ident
@@ -259,10 +284,20 @@ class Store:
             raise IdentityError(f"identity file of {name!r} is corrupt: missing {exc}") from exc
         if not unlock:
             return ident
+        secret = folder / "secret.json"
         try:
-            blob = (folder / "secret.json").read_bytes()
+            with secret.open("rb") as f:
+                blob = f.read()
+                mode = os.fstat(f.fileno()).st_mode
         except OSError as exc:
             raise IdentityError(f"cannot read the keys of identity {name!r}: {exc}") from exc
+        if mode & 0o077:
+            # Like ssh, say so but go on: refusing would lock the owner out of their keys.
+            how = "readable" if mode & 0o044 else "writable"
+            self.warn(
+                f"key file {secret} is {how} by other users (mode {stat.S_IMODE(mode):04o}); "
+                f"protect it with 'chmod 600 {secret}'"
+            )
         ed_sk, x_sk = self._open_secret(ident, blob, passphrase)
         return Identity(
             name=ident.name,

@@ -42,6 +42,7 @@ DEFAULT_BASE_URL = "https://didsession.dev/invite"
 # 16 KiB leaves room for other implementations and still bounds what we parse.
 MAX_INVITATION_BYTES = 16 * 1024
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+={0,2}$")
+_URL_START = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|didcomm:)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +156,12 @@ def parse_invitation(source: str | bytes, resolver: PeerResolver | None = None) 
         raise InvitationError("invitation is empty")
     if text.startswith(("{", "[")):
         payload = text
-    else:
+    elif _URL_START.match(text) or "_oob=" in text:
         payload = _oob_payload(text)
+    else:
+        raise InvitationError(
+            "input is neither an invitation URL (…?_oob=…) nor invitation JSON ({…})"
+        )
     try:
         message = parse_json(payload)
     except ValueError:
@@ -168,6 +173,10 @@ def read_invitation_source(arg: str) -> str:
     """The invitation text named by a CLI argument: a URL, ``-`` (stdin) or a file path."""
     import sys
 
+    if not arg.strip():
+        raise InvitationError(
+            "the invitation argument is empty: give a URL, JSON, a file, or - for stdin"
+        )
     if arg == "-":
         data = sys.stdin.buffer.read(MAX_INVITATION_BYTES + 1)
     elif arg.lstrip().startswith(("http://", "https://", "didcomm:", "{")) or "_oob=" in arg:

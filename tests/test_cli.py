@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -205,3 +206,113 @@ def test_demo_cleans_up_when_terminated(tmp_path: Path) -> None:
             break
         assert time.monotonic() < deadline, f"left running: {left.stdout}"
         time.sleep(0.1)
+
+
+def _alice_knows_bob(cli_factory: Callable[[str], Cli]) -> Cli:
+    alice, bob = cli_factory("alice"), cli_factory("bob")
+    alice("init", "--name", "alice")
+    bob("init", "--name", "bob")
+    alice("accept", bob("invite", "--format", "url").stdout.strip())
+    return alice
+
+
+def _clean_error(proc: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("didsession: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    assert needle in proc.stderr, proc.stderr
+
+
+def test_listen_on_a_taken_port_or_bad_address_is_a_clean_error(
+    cli_factory: Callable[[str], Cli],
+) -> None:
+    alice = _alice_knows_bob(cli_factory)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = alice("listen", "--port", str(port), check=False)
+    _clean_error(proc, f"cannot listen on 127.0.0.1:{port}: address already in use")
+    _clean_error(alice("listen", "--port", "99999", check=False), "--port must be 0..65535")
+    # TEST-NET-1: no interface of this host has it
+    proc = alice("listen", "--host", "192.0.2.1", "--port", "0", check=False)
+    _clean_error(proc, "cannot listen on 192.0.2.1:0: ")
+
+
+def test_invite_json_is_one_object(cli_factory: Callable[[str], Cli], tmp_path: Path) -> None:
+    cli = cli_factory("alice")
+    did = json.loads(cli("init", "--name", "alice", "--json").stdout)["did"]
+    doc = json.loads(cli("invite", "--json").stdout)
+    assert doc["did"] == did and doc["invitation"]["from"] == did
+    assert doc["url"] == cli("invite", "--format", "url").stdout.strip()
+    cli("invite", "--json", "-o", str(tmp_path / "inv.json"))
+    assert json.loads((tmp_path / "inv.json").read_text()) == doc
+
+
+def test_pack_json_honours_output(cli_factory: Callable[[str], Cli], tmp_path: Path) -> None:
+    alice = _alice_knows_bob(cli_factory)
+    out = tmp_path / "p2.json"
+    proc = alice("pack", "--to", "bob", "-o", str(out), "--json", stdin=b"hi")
+    assert proc.stdout == ""
+    doc = json.loads(out.read_text())
+    assert set(doc) == {"packed", "endpoint", "forwarded"} and "ciphertext" in doc["packed"]
+
+
+def test_init_in_an_impossible_home_is_a_clean_error(
+    cli_factory: Callable[[str], Cli], tmp_path: Path
+) -> None:
+    cli = cli_factory("x")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    proc = cli("init", "--home", str(a_file), check=False)
+    _clean_error(proc, f"cannot create home {a_file}: it is not a directory")
+    below = a_file / "home"
+    _clean_error(cli("init", "--home", str(below), check=False), f"cannot create home {below}: ")
+
+
+def test_key_file_readable_by_others_is_used_with_one_warning(
+    cli_factory: Callable[[str], Cli],
+) -> None:
+    alice = _alice_knows_bob(cli_factory)
+    secret = alice.home / "identities" / "alice" / "secret.json"
+    secret.chmod(0o644)
+    proc = alice("pack", "--to", "bob", stdin=b"hi")
+    assert json.loads(proc.stdout)["ciphertext"]
+    warning = (
+        f"didsession: warning: key file {secret} is readable by other users (mode 0644); "
+        f"protect it with 'chmod 600 {secret}'\n"
+    )
+    assert proc.stderr == warning
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o644  # warned about, not changed
+    secret.chmod(0o600)
+    assert alice("pack", "--to", "bob", stdin=b"hi").stderr == ""
+
+
+@pytest.mark.parametrize(
+    "args,stdin,needle",
+    [
+        (["accept", "-"], b"not json\n", "neither an invitation URL (…?_oob=…) nor invitation"),
+        (["accept", ""], None, "the invitation argument is empty"),
+        (["accept", " "], None, "the invitation argument is empty"),
+    ],
+)
+def test_accept_says_what_is_wrong_with_the_input(
+    cli_factory: Callable[[str], Cli], args: list[str], stdin: bytes | None, needle: str
+) -> None:
+    cli = cli_factory("bob")
+    cli("init")
+    proc = cli(*args, stdin=stdin, check=False)
+    _clean_error(proc, needle)
+    assert "_oob parameter" not in proc.stderr and "directory" not in proc.stderr
+
+
+def test_help_shows_the_mpyc_workflow_and_every_option(cli_factory: Callable[[str], Cli]) -> None:
+    cli = cli_factory("h")
+    top = cli("--help").stdout
+    for text in ("roster make -o roster.json", "roster show", "--didcomm roster.json", "demo"):
+        assert text in top
+    assert "didsession status" in top
+    assert "fingerprint" in cli("roster", "show", "--help").stdout
+    assert "JSON" in cli("roster", "make", "--help").stdout.split("positional arguments:")[1]
+    pack = cli("pack", "--help").stdout
+    assert "recipient" in pack and "instead of stdout" in pack

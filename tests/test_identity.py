@@ -171,3 +171,33 @@ def test_repr_shows_no_private_key(tmp_path: Path) -> None:
     assert ident.did in shown
     for secret in (ident.ed25519_secret, ident.x25519_secret):
         assert repr(secret) not in shown and secret.hex() not in shown
+
+
+def test_home_that_cannot_be_a_directory_is_a_config_error(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    with pytest.raises(ConfigError, match=r"cannot create home .*: it is not a directory"):
+        Store(a_file).create("alice")
+    with pytest.raises(ConfigError, match=r"cannot create home .*: Not a directory"):
+        Store(a_file / "home").create("alice")
+
+
+@pytest.mark.parametrize(
+    "mode,how", [(0o644, "readable"), (0o640, "readable"), (0o620, "writable")]
+)
+def test_key_file_open_to_others_warns_once_per_load(tmp_path: Path, mode: int, how: str) -> None:
+    warnings: list[str] = []
+    store = Store(tmp_path, warn=warnings.append)
+    made = store.create("alice")
+    secret = tmp_path / "identities" / "alice" / "secret.json"
+    assert store.load("alice").x25519_secret == made.x25519_secret
+    assert warnings == []
+    secret.chmod(mode)
+    store.load("alice", unlock=False)  # reads no key: nothing to warn about
+    assert warnings == []
+    assert store.load("alice").x25519_secret == made.x25519_secret
+    assert warnings == [
+        f"key file {secret} is {how} by other users (mode {mode:04o}); "
+        f"protect it with 'chmod 600 {secret}'"
+    ]
+    assert stat.S_IMODE(secret.stat().st_mode) == mode

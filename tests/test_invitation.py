@@ -21,6 +21,7 @@ from didsession.invitation import (
     MAX_INVITATION_BYTES,
     make_invitation,
     parse_invitation,
+    read_invitation_source,
 )
 
 ZBARIMG = shutil.which("zbarimg")
@@ -149,6 +150,12 @@ BAD_CASES: list[tuple[str, Callable[[str], str], str]] = [
     ("nested", lambda d: "[" * 5000, "not valid JSON"),
     ("nested in a URL", lambda d: "https://x/?_oob=" + _b64raw(b"[" * 3000), "not valid JSON"),
     ("empty", lambda d: "   ", "empty"),
+    (
+        "neither URL nor JSON",
+        lambda d: "not json",
+        "neither an invitation URL .* nor invitation JSON",
+    ),
+    ("URL without _oob", lambda d: "https://example.org/", "no _oob"),
     ("no body", lambda d: json.dumps({k: v for k, v in _valid(d).items() if k != "body"}), "body"),
     ("no id", lambda d: json.dumps({k: v for k, v in _valid(d).items() if k != "id"}), "id"),
 ]
@@ -175,6 +182,12 @@ def test_cli_refuses_bad_invitation_without_traceback(
         assert proc.returncode == 1
         assert proc.stderr.startswith("didsession: error: ") and "Traceback" not in proc.stderr
         assert proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("arg", ["", "  "])
+def test_empty_invitation_argument_says_it_is_empty(arg: str) -> None:
+    with pytest.raises(InvitationError, match="the invitation argument is empty"):
+        read_invitation_source(arg)
 
 
 @settings(max_examples=300, deadline=None)
