@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus, urlsplit
 
 from didsession._dataclass import dataclass
 from didsession.envelope import MAX_ENVELOPE_BYTES
@@ -334,14 +335,38 @@ def load_config(
 
 def config_as_dict(config: MediatorConfig) -> dict[str, Any]:
     """The settings as JSON-friendly values (secrets: there are none; the Redis password is
-    masked)."""
+    masked, see :func:`redact_url`)."""
     out: dict[str, Any] = {}
     for name in _FIELDS:
         value = getattr(config, name)
         if isinstance(value, Path):
             value = str(value)
-        if name == "store_redis_url" and "@" in str(value):
-            scheme, _, rest = str(value).partition("://")
-            value = f"{scheme}://***@{rest.split('@', 1)[1]}"
+        if name == "store_redis_url":
+            value = redact_url(str(value))
         out[name] = value
     return out
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its credentials masked, for output and logs.
+
+    redis-py takes a password both as ``user:password@host`` and as ``?password=``.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # unparseable: show nothing that might be a secret
+        return url.partition("://")[0] + "://***"
+    out = f"{parts.scheme}://" if "://" in url else (f"{parts.scheme}:" if parts.scheme else "")
+    host = parts.netloc.rpartition("@")[2]
+    out += f"***@{host}" if "@" in parts.netloc else host
+    out += parts.path
+    if parts.query:
+        out += "?" + "&".join(_redact_param(item) for item in parts.query.split("&"))
+    if parts.fragment:
+        out += "#" + parts.fragment
+    return out
+
+
+def _redact_param(item: str) -> str:
+    name, sep, _ = item.partition("=")
+    return f"{name}=***" if sep and unquote_plus(name).strip().lower() == "password" else item

@@ -8,8 +8,10 @@ its connection is picked up later.
 
 Memory is per connection: a slotted :class:`Connection` and, only while pushes are
 pending, a deque and one task; an idle live client costs nothing more than its socket.
-A client that does not read is dropped: when a push waits longer than ``send_timeout`` or
-more than ``max_outbox`` pushes are pending, its connection is closed.
+A client that does not read is dropped: when a push waits longer than ``send_timeout``,
+or more than ``max_outbox`` pushes or ``max_outbox_bytes`` are pending, its connection is
+closed.  Nothing is lost with it: pushed messages stay queued until acknowledged.  One
+connection receives at most ``max_live_dids`` DIDs live, so its table stays small too.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from didsession.errors import MediationError
 from mediator.logs import short_did
 from mediator.metrics import Metrics
+from mediator.protocols.messages import Codes
 from mediator.store.base import Queued
 
 __all__ = ["Connection", "LiveHub"]
@@ -36,7 +40,7 @@ PackDelivery = Callable[[str, list[Queued]], Awaitable[str]]
 class Connection:
     """One DIDComm WebSocket: which DIDs it receives live, and pushes in flight."""
 
-    __slots__ = ("live", "outbox", "source", "task", "transport", "ws")
+    __slots__ = ("live", "outbox", "outbox_bytes", "source", "task", "transport", "ws")
 
     def __init__(
         self, ws: web.WebSocketResponse, source: str, transport: asyncio.BaseTransport | None
@@ -46,6 +50,7 @@ class Connection:
         self.transport = transport
         self.live: set[str] | None = None
         self.outbox: deque[tuple[str, Queued]] | None = None
+        self.outbox_bytes = 0  # payload bytes in ``outbox``
         self.task: asyncio.Task[None] | None = None
 
     def is_live(self, did: str) -> bool:
@@ -59,6 +64,9 @@ class LiveHub:
         pack: encrypts a ``delivery`` of messages to their owner (the mediator's shell).
         send_timeout: seconds one push may wait for the client to read.
         max_outbox: pushes pending per connection before it is dropped.
+        max_outbox_bytes: payload bytes pending per connection before it is dropped (one
+            push is always accepted, however big).
+        max_live_dids: DIDs one connection may receive live.
     """
 
     def __init__(
@@ -68,11 +76,15 @@ class LiveHub:
         *,
         send_timeout: float = 10.0,
         max_outbox: int = 256,
+        max_outbox_bytes: int = 8 << 20,
+        max_live_dids: int = 100,
     ) -> None:
         self._pack = pack
         self._metrics = metrics
         self._send_timeout = send_timeout
         self._max_outbox = max_outbox
+        self._max_outbox_bytes = max_outbox_bytes
+        self._max_live_dids = max_live_dids
         self._by_owner: dict[str, set[Connection]] = {}
         self.connections: set[Connection] = set()
 
@@ -94,13 +106,25 @@ class LiveHub:
                     del self._by_owner[did]
         conn.live = None
         conn.outbox = None
+        conn.outbox_bytes = 0
         if conn.task is not None and conn.task is not asyncio.current_task():
             conn.task.cancel()
 
     def set_live(self, conn: Connection, did: str, live: bool) -> None:
+        """Turn live delivery of ``did``'s messages on ``conn`` on or off.
+
+        Raises:
+            MediationError: ``conn`` already receives ``max_live_dids`` DIDs live
+                (``e.p.me.res.quota``).
+        """
         if live:
             if conn.live is None:
                 conn.live = set()
+            if did not in conn.live and len(conn.live) >= self._max_live_dids:
+                raise MediationError(
+                    f"one connection may receive at most {self._max_live_dids} DIDs live",
+                    code=Codes.QUOTA,
+                )
             conn.live.add(did)
             self._by_owner.setdefault(did, set()).add(conn)
             log.info("live delivery on", extra={"did": short_did(did), "source": conn.source})
@@ -127,7 +151,13 @@ class LiveHub:
                 self._metrics.error("live-outbox-full")
                 self._drop(conn, "too many pushes pending: the client does not read")
                 continue
+            size = len(message.data)
+            if conn.outbox and conn.outbox_bytes + size > self._max_outbox_bytes:
+                self._metrics.error("live-outbox-bytes")
+                self._drop(conn, "too many bytes pending: the client does not read")
+                continue
             conn.outbox.append((owner, message))
+            conn.outbox_bytes += size
             if conn.task is None:
                 conn.task = asyncio.get_running_loop().create_task(self._drain(conn))
 
@@ -135,6 +165,7 @@ class LiveHub:
         try:
             while conn.outbox:
                 owner, message = conn.outbox.popleft()
+                conn.outbox_bytes -= len(message.data)
                 if not conn.is_live(owner):
                     continue
                 data = await self._pack(owner, [message])

@@ -89,6 +89,7 @@ class RelayService:
         self.table: PairingTable[RelaySlot] = PairingTable()
         self.sockets: set[web.WebSocketResponse] = set()
         self._vanished: set[web.WebSocketResponse] = set()  # found gone by _watch
+        self._tasks: set[asyncio.Task[None]] = set()  # _expire's refusals in flight
         self._random = random_bytes
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -154,25 +155,31 @@ class RelayService:
             self.metrics.error(exc.code)
             await self._refuse(ws, exc.code, exc.message, sender)
             return None
-        if paired is None:
-            slot.timer = asyncio.get_running_loop().call_later(
-                config.relay_wait_timeout, self._expire, slot
-            )
-            await ws.send_str(json.dumps(status(event.thid, "waiting")))
-            log.info(
-                "relay slot waiting",
-                extra={"did": short_did(event.sender), "peer": short_did(event.peer_did)},
-            )
-            return slot
-        peer = paired.peer
-        if peer.timer is not None:
-            peer.timer.cancel()
-            peer.timer = None
-        slot.peer, peer.peer = peer, slot
-        slot.state = peer.state = State.RELAYING
-        self.metrics.relay_sessions_opened += 1
-        ready = json.dumps(status(None, "ready"))
-        await asyncio.gather(peer.ws.send_str(ready), ws.send_str(ready))
+        try:
+            if paired is None:
+                slot.timer = asyncio.get_running_loop().call_later(
+                    config.relay_wait_timeout, self._expire, slot
+                )
+                await ws.send_str(json.dumps(status(event.thid, "waiting")))
+                log.info(
+                    "relay slot waiting",
+                    extra={"did": short_did(event.sender), "peer": short_did(event.peer_did)},
+                )
+                return slot
+            peer = paired.peer
+            if peer.timer is not None:
+                peer.timer.cancel()
+                peer.timer = None
+            slot.peer, peer.peer = peer, slot
+            slot.state = peer.state = State.RELAYING
+            self.metrics.relay_sessions_opened += 1
+            ready = json.dumps(status(None, "ready"))
+            await asyncio.gather(peer.ws.send_str(ready), ws.send_str(ready))
+        except BaseException:
+            # handle() never gets this slot, so free it (and its peer) here: else the table
+            # and the DID's count keep it, and a retry is refused as busy.
+            await self._teardown(slot, "peer left")
+            raise
         log.info(
             "relay session linked",
             extra={"did": short_did(event.sender), "peer": short_did(event.peer_did)},
@@ -226,11 +233,14 @@ class RelayService:
             return
         self.table.close(slot.event)
         slot.state = State.CLOSED
-        asyncio.get_running_loop().create_task(
+        task = asyncio.get_running_loop().create_task(
             self._refuse(
                 slot.ws, Codes.EXPIRED, "the peer did not open its relay slot in time", None
             )
         )
+        # The loop holds tasks only weakly: keep this one until it has run.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _refuse(
         self, ws: web.WebSocketResponse, code: str, comment: str, to: str | None

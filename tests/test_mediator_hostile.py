@@ -197,57 +197,126 @@ def _masked_text(payload: bytes) -> bytes:
     return header + mask + body
 
 
-def test_a_live_client_that_does_not_read_is_dropped(
-    tmp_path: Path, mediator: MediatorProcess, info: MediatorInfo
-) -> None:
-    bob = Store(tmp_path / "bob").create("bob", mediator=info.did)
-    alice = Store(tmp_path / "alice").create("alice")
-    run(request_mediation(bob, info))
-    bob_env = envelope_of(bob)
+def _silent_live_client(
+    mediator: MediatorProcess, info: MediatorInfo, bob: Identity
+) -> socket.socket:
+    """A raw WebSocket client with a tiny receive buffer that turns live mode on for
+    ``bob``, then never reads."""
     change = new_message(
         "https://didcomm.org/messagepickup/3.0/live-delivery-change",
         {"live_delivery": True},
         frm=bob.did,
         to=[info.did],
     )
-    packed = run(bob_env.pack(change, to=info.did, frm=bob.did, forward=False)).data
-    # a raw WebSocket client with a tiny receive buffer that turns live mode on, then never reads
+    packed = run(envelope_of(bob).pack(change, to=info.did, frm=bob.did, forward=False)).data
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", mediator.port))
-    try:
-        sock.sendall(_ws_handshake(mediator.port, "/ws"))
+    sock.sendall(_ws_handshake(mediator.port, "/ws"))
+    time.sleep(0.2)
+    sock.sendall(_masked_text(packed))
+    time.sleep(0.3)
+    assert mediator.metrics()["didsession_mediator_live_connections"] >= 1
+    return sock
+
+
+def _flood_then_pick_up(
+    mediator: MediatorProcess, info: MediatorInfo, bob: Identity, alice: Identity, n: int
+) -> dict[str, float]:
+    """Forward ``n`` messages of 300 kB to ``bob``, wait for its silent live client to be
+    dropped, and check that nothing was lost; the mediator's metrics once dropped."""
+    env = envelope_of(alice)
+    big = "y" * 300_000
+
+    async def flood() -> None:
+        for i in range(n):
+            msg = new_message(BASIC, {"content": big, "n": i}, frm=alice.did, to=[bob.did])
+            await send_packed(await env.pack(msg, to=bob.did, frm=alice.did))
+
+    run(flood(), timeout=60)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if mediator.metrics()["didsession_mediator_live_connections"] == 0:
+            break
         time.sleep(0.2)
-        sock.sendall(_masked_text(packed))
-        time.sleep(0.3)
-        before = mediator.metrics()
-        assert before["didsession_mediator_live_connections"] >= 1
-        env = envelope_of(alice)
-        big = "y" * 300_000
-
-        async def flood() -> None:
-            for i in range(30):
-                msg = new_message(BASIC, {"content": big, "n": i}, frm=alice.did, to=[bob.did])
-                await send_packed(await env.pack(msg, to=bob.did, frm=alice.did))
-
-        run(flood(), timeout=60)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if mediator.metrics()["didsession_mediator_live_connections"] == 0:
-                break
-            time.sleep(0.2)
-        after = mediator.metrics()
-        assert after["didsession_mediator_live_connections"] == 0, "slow client not dropped"
-        dropped = sum(v for k, v in after.items() if 'kind="live-' in k)
-        assert dropped >= 1
-    finally:
-        sock.close()
+    after = mediator.metrics()
+    assert after["didsession_mediator_live_connections"] == 0, "slow client not dropped"
 
     async def pickup() -> int:  # nothing was lost: the queue still holds every message
         async with MediatorClient(info, bob) as client:
             return len(await client.pickup_all(batch=1))
 
-    assert run(pickup(), timeout=60) == 30
+    assert run(pickup(), timeout=60) == n
+    return after
+
+
+def test_a_live_client_that_does_not_read_is_dropped(
+    tmp_path: Path, mediator: MediatorProcess, info: MediatorInfo
+) -> None:
+    bob = Store(tmp_path / "bob").create("bob", mediator=info.did)
+    alice = Store(tmp_path / "alice").create("alice")
+    run(request_mediation(bob, info))
+    sock = _silent_live_client(mediator, info, bob)
+    try:
+        after = _flood_then_pick_up(mediator, info, bob, alice, 30)
+    finally:
+        sock.close()
+    dropped = sum(v for k, v in after.items() if 'kind="live-' in k)
+    assert dropped >= 1
+    still_serving(mediator, info, tmp_path)
+
+
+def test_a_live_client_is_dropped_before_its_outbox_pins_much_memory(tmp_path: Path) -> None:
+    """With a send timeout too long to help, 45 pushes of ~400 kB (far fewer than the count
+    limit; more than the 8 MiB limit even if the kernel's buffers absorb 4 MB) still drop a
+    client that does not read: its outbox is bounded in bytes."""
+    mediator = mediator_process(tmp_path / "data", extra=["--ws-send-timeout", "120"])
+    mediator.start()
+    try:
+        info = run(mediator_info(mediator.url))
+        bob = Store(tmp_path / "bob").create("bob", mediator=info.did)
+        alice = Store(tmp_path / "alice").create("alice")
+        run(request_mediation(bob, info))
+        sock = _silent_live_client(mediator, info, bob)
+        try:
+            after = _flood_then_pick_up(mediator, info, bob, alice, 45)
+        finally:
+            sock.close()
+        assert sum(v for k, v in after.items() if 'kind="live-outbox-bytes"' in k) == 1
+    finally:
+        mediator.kill()
+
+
+def test_live_dids_per_connection_are_capped(
+    tmp_path: Path, mediator: MediatorProcess, info: MediatorInfo
+) -> None:
+    """One connection turning live delivery on for DID after DID gets a typed refusal once
+    it holds the limit (100); re-announcing a DID it holds is still fine."""
+    people = [Store(tmp_path / f"p{i}").create(f"p{i}") for i in range(101)]
+    env = Envelope()
+    for ident in people:
+        assert ident.ed25519_secret is not None and ident.x25519_secret is not None
+        env.add_identity(ident.did, ident.ed25519_secret, ident.x25519_secret)
+
+    async def main() -> list[str]:
+        async with aiohttp.ClientSession() as session, session.ws_connect(info.ws_url) as ws:
+            replies = []
+            for ident in [*people, people[0]]:
+                change = new_message(
+                    "https://didcomm.org/messagepickup/3.0/live-delivery-change",
+                    {"live_delivery": True},
+                    frm=ident.did,
+                    to=[info.did],
+                )
+                packed = await env.pack(change, to=info.did, frm=ident.did, forward=False)
+                await ws.send_str(packed.data.decode())
+                reply = (await env.unpack((await ws.receive(timeout=10)).data)).message
+                replies.append(reply["body"].get("code", reply["type"].rsplit("/", 1)[-1]))
+            return replies
+
+    replies = run(main(), timeout=60)
+    assert replies[:100] == ["status"] * 100
+    assert replies[100:] == ["e.p.me.res.quota", "status"]
     still_serving(mediator, info, tmp_path)
 
 

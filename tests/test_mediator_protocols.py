@@ -91,6 +91,9 @@ def test_each_request_becomes_its_event() -> None:
         assert type(event) is kind
     assert parse(cases[5][0]).message_ids == ("a", "b")  # duplicates folded
     assert parse(cases[2][0]).offset == 2
+    top = {"paginate": {"limit": 10**30, "offset": coordinate.MAX_KEYLIST_OFFSET}}
+    edge = parse(msg(f"{CM}/keylist-query", top))
+    assert (edge.offset, edge.limit) == (coordinate.MAX_KEYLIST_OFFSET, coordinate.MAX_KEYLIST_PAGE)
 
 
 def test_thid_of_a_threaded_request_is_kept() -> None:
@@ -120,6 +123,11 @@ def test_everything_but_forward_ping_and_features_needs_authcrypt() -> None:
         msg(f"{CM}/keylist-update", {"updates": [{"recipient_did": B, "action": "steal"}]}),
         msg(f"{CM}/keylist-update", {"updates": [{"recipient_did": B, "action": "add"}] * 101}),
         msg(f"{CM}/keylist-query", {"paginate": {"limit": -1, "offset": 0}}),
+        # limit 0 would be ZRANGE key 0 -1 on Redis: the whole keylist.
+        msg(f"{CM}/keylist-query", {"paginate": {"limit": 0, "offset": 0}}),
+        # past int64: SQLite and Redis fail, which would be reported as our fault.
+        msg(f"{CM}/keylist-query", {"paginate": {"limit": 1, "offset": 10**30}}),
+        msg(f"{CM}/keylist-query", {"paginate": {"limit": 1, "offset": 2**63 - 1}}),
         msg(f"{PU}/delivery-request", {"limit": 0}),
         msg(f"{PU}/delivery-request", {"limit": True}),
         msg(f"{PU}/delivery-request", {}),
@@ -195,6 +203,12 @@ def test_forward_event_and_expiry() -> None:
     assert info.value.code == Codes.EXPIRED
     assert refused(forward(size=1001)) == Codes.TOO_BIG
     assert refused(forward(expires_time="soon")) == Codes.MALFORMED
+    # float() of these overflows: the sender's mistake, not a server fault.
+    assert refused(forward(expires_time=10**400)) == Codes.MALFORMED
+    assert refused(forward(expires_time=-(10**400))) == Codes.MALFORMED
+    assert refused(forward(expires_time=routing.MAX_EXPIRES_TIME + 1)) == Codes.MALFORMED
+    latest = parse(forward(expires_time=routing.MAX_EXPIRES_TIME))
+    assert routing.expiry(latest, now=1000, ttl=60) == 1060
     assert parse(forward(), None).sender is None  # anoncrypt forwards are fine
 
 
@@ -399,6 +413,26 @@ def test_print_config_masks_the_redis_password(tmp_path: Path) -> None:
 
     config, _ = load_config(["--store-redis-url", "redis://:hunter2@127.0.0.1:1/0"], {})
     assert "hunter2" not in json.dumps(config_as_dict(config))
+    config, _ = load_config(["--store-redis-url", "redis://127.0.0.1:1/0?password=hunter2"], {})
+    assert "hunter2" not in json.dumps(config_as_dict(config))
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:secret@127.0.0.1:6379/0", "redis://***@127.0.0.1:6379/0"),
+        ("redis://u:se@cret@h/0", "redis://***@h/0"),
+        ("redis://h:6379/0?password=secret&db=1", "redis://h:6379/0?password=***&db=1"),
+        ("rediss://h/0?db=1&password=se%40cret", "rediss://h/0?db=1&password=***"),
+        ("unix:///run/redis.sock?password=secret", "unix:///run/redis.sock?password=***"),
+        ("redis://[::1/0?password=secret", "redis://***"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ],
+)
+def test_redact_url_hides_every_form_of_the_password(url: str, shown: str) -> None:
+    from mediator.config import redact_url
+
+    assert redact_url(url) == shown
 
 
 # -- the STUN answer cache ---------------------------------------------------------------------

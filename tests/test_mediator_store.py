@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from mediator_proc import REDIS_SERVER, RedisProcess, start_redis
 
-from didsession.errors import MediationError
+from didsession.errors import ConfigError, MediationError
 from mediator.protocols.events import KeylistAction, KeylistUpdate
 from mediator.store.base import Limits, MessageStore, Queued
 from mediator.store.redis import RedisStore
@@ -172,3 +173,33 @@ def test_sqlite_group_commit_and_durability(tmp_path: Path) -> None:
         await again.close()
 
     run(main())
+
+
+def test_sqlite_files_are_owner_only(tmp_path: Path) -> None:
+    """The database holds DIDs and keylists: 0600 even under a permissive umask."""
+
+    async def main() -> None:
+        store = SqliteStore(tmp_path / "p.sqlite3")
+        await store.open()
+        try:
+            await store.grant(OWNER, 1.0)  # writes, so the -wal and -shm files exist
+            files = sorted(tmp_path.glob("p.sqlite3*"))
+            assert [f.name for f in files] == ["p.sqlite3", "p.sqlite3-shm", "p.sqlite3-wal"]
+            assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {
+                f.name: "0o600" for f in files
+            }
+        finally:
+            await store.close()
+
+    old = os.umask(0o022)
+    try:
+        run(main())
+    finally:
+        os.umask(old)
+
+
+def test_redis_errors_do_not_show_the_password() -> None:
+    url = "redis://127.0.0.1:1/0?password=secret"  # nothing listens on port 1
+    with pytest.raises(ConfigError) as err:
+        run(RedisStore(url).open())
+    assert "secret" not in str(err.value) and "password=***" in str(err.value)

@@ -13,7 +13,8 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from types import SimpleNamespace
+from typing import Any, Literal, cast
 
 import pytest
 from mediator_proc import MediatorProcess, free_port, mediator_process
@@ -22,6 +23,7 @@ from didsession.errors import MediationError
 from didsession.identity import Store
 from didsession.mediation import mediator_info, new_session_id, open_relay
 from didsession.stun_asyncio import stun_binding
+from mediator.protocols.messages import b64url_encode
 
 TESTS = Path(__file__).parent
 
@@ -223,3 +225,73 @@ async def _hold(info: Any, me: Any, sid: str, peer: str) -> None:
             await asyncio.sleep(30)
     except MediationError:
         pass
+
+
+# -- the relay shell in memory: failures no real client can time ------------------------------
+
+
+class _FakeWs:
+    """The part of a WebSocketResponse that ``RelayService._open`` uses."""
+
+    def __init__(self, open_message: str, *, fail_on: str | None = None) -> None:
+        self.open_message = open_message
+        self.fail_on = fail_on
+        self.sent: list[str] = []
+        self.closed = False
+
+    async def send_str(self, data: str) -> None:
+        if self.fail_on is not None and self.fail_on in data:
+            raise ConnectionResetError("Cannot write to closing transport")
+        self.sent.append(data)
+
+    async def receive(self, timeout: float | None = None) -> Any:
+        from aiohttp import WSMsgType
+
+        return SimpleNamespace(type=WSMsgType.TEXT, data=self.open_message)
+
+    async def close(self, **_: Any) -> bool:
+        self.closed = True
+        return True
+
+
+def test_relay_slot_is_freed_when_ready_cannot_be_sent(tmp_path: Path) -> None:
+    """A client whose connection breaks just as ``ready`` goes out must not keep its slot
+    (a retry would be busy); the peer is closed rather than left waiting for nothing."""
+    from mediator.config import load_config
+    from mediator.metrics import Metrics
+    from mediator.protocols.relay import RELAY_OPEN
+    from mediator.relay import RelayService
+
+    alice, bob = "did:peer:2.Ez6LSalice.Vz6MkA", "did:peer:2.Ez6LSbob.Vz6MkB"
+    nonce = bytes(32)
+
+    def open_from(sender: str, peer: str) -> str:
+        body = {"nonce": b64url_encode(nonce), "session_id": "s1", "peer_did": peer}
+        return json.dumps({"id": "o", "type": RELAY_OPEN, "from": sender, "body": body})
+
+    async def unpack(data: bytes) -> Any:
+        message = json.loads(data)
+        return SimpleNamespace(sender_did=message["from"], message=message)
+
+    identity = SimpleNamespace(
+        did="did:peer:2.Ez6LSmediator", envelope=SimpleNamespace(unpack=unpack)
+    )
+    config, _ = load_config([], {})
+    service = RelayService(config, cast(Any, identity), Metrics(), random_bytes=lambda n: nonce)
+
+    async def main() -> None:
+        waiting = _FakeWs(open_from(alice, bob))
+        assert await service._open(cast(Any, waiting)) is not None
+        assert service.table.waiting == 1
+        broken = _FakeWs(open_from(bob, alice), fail_on='"ready"')
+        with pytest.raises(ConnectionResetError):
+            await service._open(cast(Any, broken))
+        assert (service.table.waiting, service.table.relaying) == (0, 0)
+        assert waiting.closed
+        retry = _FakeWs(open_from(bob, alice))
+        slot = await service._open(cast(Any, retry))  # not e.p.req.busy
+        assert slot is not None and service.table.waiting == 1
+        assert slot.timer is not None
+        slot.timer.cancel()
+
+    run(main())

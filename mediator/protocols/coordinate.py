@@ -42,6 +42,7 @@ from mediator.protocols.messages import (
 )
 
 __all__ = [
+    "MAX_KEYLIST_OFFSET",
     "MAX_KEYLIST_PAGE",
     "MAX_UPDATES",
     "KeylistResult",
@@ -57,6 +58,8 @@ __all__ = [
 
 MAX_UPDATES = 100  # updates in one keylist-update
 MAX_KEYLIST_PAGE = 100
+# offset + limit must still fit a signed 64-bit integer (SQLite's OFFSET, Redis's ZRANGE).
+MAX_KEYLIST_OFFSET = 2**63 - 1 - MAX_KEYLIST_PAGE
 
 
 class KeylistResult:
@@ -102,6 +105,12 @@ def parse_keylist_update(message: dict[str, Any], sender: str | None) -> Keylist
 
 
 def parse_keylist_query(message: dict[str, Any], sender: str | None) -> KeylistQueried:
+    """Validate a keylist-query; ``limit`` is capped at :data:`MAX_KEYLIST_PAGE`.
+
+    Raises:
+        MediationError: ``paginate`` malformed, ``offset`` not in ``0..MAX_KEYLIST_OFFSET``
+            or ``limit`` below 1 (``e.p.msg``).
+    """
     owner = require_sender(message, sender)
     paginate = body_of(message).get("paginate")
     offset, limit = 0, MAX_KEYLIST_PAGE
@@ -109,9 +118,10 @@ def parse_keylist_query(message: dict[str, Any], sender: str | None) -> KeylistQ
         if not isinstance(paginate, dict):
             raise MediationError("keylist-query paginate must be an object", code=Codes.MALFORMED)
         offset, limit = paginate.get("offset", 0), paginate.get("limit", MAX_KEYLIST_PAGE)
-        if not _count(offset) or not _count(limit):
+        if not _integer(offset, 0, MAX_KEYLIST_OFFSET) or not _integer(limit, 1, None):
             raise MediationError(
-                "paginate.offset and paginate.limit must be non-negative integers",
+                f"paginate.offset must be an integer from 0 to {MAX_KEYLIST_OFFSET} and "
+                "paginate.limit a positive integer",
                 code=Codes.MALFORMED,
             )
     return KeylistQueried(thread_of(message), owner, offset, min(limit, MAX_KEYLIST_PAGE))
@@ -195,5 +205,7 @@ def keylist(
     return make_reply(KEYLIST, body, frm=mediator_did, to=event.sender, thid=event.thid, now=now)
 
 
-def _count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+def _integer(value: object, low: int, high: int | None) -> bool:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        return False
+    return high is None or value <= high

@@ -16,7 +16,11 @@ from didsession.errors import EnvelopeError, MediationError
 from mediator.protocols.events import ForwardReceived
 from mediator.protocols.messages import Codes, optional_did, thread_of
 
-__all__ = ["expiry", "parse_forward_request"]
+__all__ = ["MAX_EXPIRES_TIME", "expiry", "parse_forward_request"]
+
+# The largest integer a float holds exactly: anything later is no deadline at all, and
+# float() of a far bigger one overflows.
+MAX_EXPIRES_TIME = 2**53
 
 
 def parse_forward_request(
@@ -25,7 +29,8 @@ def parse_forward_request(
     """Validate a forward.
 
     Raises:
-        MediationError: malformed (``e.p.msg``) or an attachment over ``max_payload``
+        MediationError: malformed, ``expires_time`` not an integer in
+            ``0..MAX_EXPIRES_TIME`` (``e.p.msg``), or an attachment over ``max_payload``
             bytes (``e.p.msg.too-big``).
     """
     try:
@@ -40,8 +45,15 @@ def parse_forward_request(
             code=Codes.TOO_BIG,
         )
     expires = message.get("expires_time")
-    if expires is not None and (not isinstance(expires, int) or isinstance(expires, bool)):
-        raise MediationError("forward expires_time must be an integer", code=Codes.MALFORMED)
+    if expires is not None and (
+        not isinstance(expires, int)
+        or isinstance(expires, bool)
+        or not 0 <= expires <= MAX_EXPIRES_TIME
+    ):
+        raise MediationError(
+            f"forward expires_time must be an integer from 0 to {MAX_EXPIRES_TIME}",
+            code=Codes.MALFORMED,
+        )
     return ForwardReceived(thread_of(message), sender, nxt, recipient, payload, expires)
 
 

@@ -39,6 +39,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from didsession.errors import ConfigError, MediationError
+from mediator.config import redact_url
 from mediator.protocols.coordinate import KeylistResult
 from mediator.protocols.events import KeylistAction, KeylistUpdate
 from mediator.store.base import Limits, MessageStore, Queued, QueueStatus, queue_full
@@ -149,7 +150,7 @@ class RedisStore(MessageStore):
             )
             await self._redis.ping()
         except (RedisError, OSError, ValueError) as exc:
-            raise ConfigError(f"cannot reach Redis at {_safe_url(self.url)}: {exc}") from exc
+            raise ConfigError(f"cannot reach Redis at {redact_url(self.url)}: {exc}") from exc
         for name, source in (
             ("enqueue", _ENQUEUE),
             ("delete", _DELETE),
@@ -395,11 +396,3 @@ def _ids(values: Sequence[Any]) -> list[bytes]:
 
 def _now() -> float:
     return time.time()
-
-
-def _safe_url(url: str) -> str:
-    """The URL without a password, for messages and logs."""
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url

@@ -14,6 +14,7 @@ the limit check of an enqueue is one primary-key lookup.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
@@ -74,7 +75,7 @@ class SqliteStore(MessageStore):
     """:class:`MessageStore` in one SQLite database file.
 
     Args:
-        path: the database file (created with its directory's permissions).
+        path: the database file (created 0600, its directory 0700).
         synchronous: SQLite ``synchronous`` pragma; ``FULL`` (default) for durability.
     """
 
@@ -94,11 +95,14 @@ class SqliteStore(MessageStore):
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="mediator-sqlite")
         try:
             await self._run(self._open_sync)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"cannot open the message store {self.path}: {exc}") from exc
 
     def _open_sync(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # It holds DIDs and keylists: owner-only, whatever the umask.  SQLite gives the
+        # -wal and -shm files the database file's mode.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
