@@ -371,13 +371,14 @@ def _patch_runtime(cls: Any) -> None:
         if network is None:
             await original_start(self)
             return
+        # From here, also while start() waits for the others; not in the parties local
+        # mode starts: its party 0 stops them itself (and it has its own handlers, which
+        # watch_signals leaves alone).
+        if not os.environ.get(WAIT_ENV):
+            network.watch_signals()
         with network.installed(self._loop):
             await original_start(self)
         network.computing(True)
-        # Not in the parties local mode starts: its party 0 stops them itself (and it
-        # has its own handlers, which watch_signals leaves alone).
-        if not os.environ.get(WAIT_ENV):
-            network.watch_signals()
 
     @functools.wraps(original_shutdown)
     async def shutdown(self: Any) -> None:

@@ -296,11 +296,7 @@ class DidcommNetwork:
         while True:
             await asyncio.sleep(wait)
             wait = WAIT_REPEAT
-            missing = [
-                i
-                for i in range(len(self.roster))
-                if i != self.pid and i not in self.links and i not in self._noticed
-            ]
+            missing = [i for i in self._missing() if i not in self._noticed]
             if missing:
                 names = ", ".join(self.party_label(i) for i in missing)
                 waited = time.monotonic() - self.started_at
@@ -308,6 +304,10 @@ class DidcommNetwork:
                     f"didsession: waiting for {names} to connect ({waited:.0f} s so far); "
                     "the computation starts once every party has started"
                 )
+
+    def _missing(self) -> list[int]:
+        """The parties with no link yet in this ``start()``."""
+        return [i for i in range(len(self.roster)) if i != self.pid and i not in self.links]
 
     async def create_connection(
         self, protocol_factory: Callable[[], Any], host: Any = None, port: Any = None, **kw: Any
@@ -948,10 +948,11 @@ class DidcommNetwork:
             self._liveness = self._loop.call_later(self.timeout / 8, self._check_liveness)
 
     def watch_signals(self) -> None:
-        """While MPyC computes, Ctrl-C, SIGTERM and SIGHUP (``kill``, ``timeout``, a
-        closed terminal) CLOSE this party's links with why before it exits, instead of
-        dropping them unexplained; the exit is what it would have been (KeyboardInterrupt,
-        status 128 + n).  Only signals at their default disposition are taken.
+        """From ``start()`` to ``shutdown()``, Ctrl-C, SIGTERM and SIGHUP (``kill``,
+        ``timeout``, a closed terminal) CLOSE this party's links with why before it exits,
+        instead of dropping them unexplained; the exit is what it would have been
+        (KeyboardInterrupt, status 128 + n), with one line instead of a traceback through
+        the event loop.  Only signals at their default disposition are taken.
 
         The handler runs between any two bytecodes, perhaps inside ``seal``, so it only
         hands the signal to the event loop; the loop callback closes the links and
@@ -963,6 +964,15 @@ class DidcommNetwork:
                 with contextlib.suppress(ValueError):  # not the main thread
                     signal.signal(sig, self._on_signal)
                     self._signals[sig] = default
+        if sys.excepthook is sys.__excepthook__:
+            sys.excepthook = self._excepthook
+
+    def _excepthook(self, kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        """The KeyboardInterrupt a Ctrl-C we took raises has been said in one line
+        (:meth:`_signalled`): its traceback would only show the event loop's insides.
+        Python still exits by SIGINT, as a shell expects."""
+        if not (issubclass(kind, KeyboardInterrupt) and self._signal == signal.SIGINT):
+            sys.__excepthook__(kind, value, tb)
 
     def unwatch_signals(self) -> None:
         """Restore the handlers; a signal taken meanwhile and not yet acted on (it came
@@ -986,13 +996,14 @@ class DidcommNetwork:
     def _signalled(self, sig: int) -> None:
         if self._stopping:  # stop() or _leave already ends this party
             return
+        missing = [self.party_label(i) for i in self._missing()] if self._starting else []
         self._leave(_SIGNAL_REASONS[sig])
-        if sig != signal.SIGINT:  # Ctrl-C: Python's own KeyboardInterrupt says it
-            name = signal.Signals(sig).name
-            try:
-                print(f"didsession: party {self.pid}: {name}: stopping", file=sys.stderr)
-            except OSError:  # a closed terminal (SIGHUP): later writes would fail the exit
-                sys.stdout = sys.stderr = open(os.devnull, "w")
+        name = "interrupted (Ctrl-C)" if sig == signal.SIGINT else signal.Signals(sig).name
+        waiting = f" (it was waiting for {', '.join(missing)} to connect)" if missing else ""
+        try:
+            print(f"didsession: party {self.pid}: {name}: stopping{waiting}", file=sys.stderr)
+        except OSError:  # a closed terminal (SIGHUP): later writes would fail the exit
+            sys.stdout = sys.stderr = open(os.devnull, "w")
         assert self._loop is not None
         self._tasks.add(self._loop.create_task(self._linger_and(lambda: _raise_for(sig))))
 

@@ -480,16 +480,62 @@ def test_a_stopped_party_tells_the_others_why(
         party0.send_signal(sig)
         for p in procs:
             p.wait(30)
-    # Ctrl-C: Python's own exit on KeyboardInterrupt (with its traceback); a signal: 128+n.
+    # Ctrl-C: Python's own exit on KeyboardInterrupt (by SIGINT); a signal: 128+n.  One
+    # line says so, not a traceback through the event loop.
     assert party0.returncode == code
-    if sig == signal.SIGTERM:
-        err = (tmp_path / "p0.err").read_text()
-        assert "didsession: party 0: SIGTERM: stopping\n" in err and "Traceback" not in err
+    err = (tmp_path / "p0.err").read_text()
+    name = "interrupted (Ctrl-C)" if sig == signal.SIGINT else signal.Signals(sig).name
+    assert f"didsession: party 0: {name}: stopping\n" in err and "Traceback" not in err, err
     for i in (1, 2):
         err = (tmp_path / f"p{i}.err").read_text()
         assert procs[2 - i].returncode == 1, err
         assert f"party 0 (p0) {said}; stopping too" in err or f"stopped: party 0 {said}" in err, err
         assert "broke" not in err and "Traceback" not in err
+
+
+def test_ctrl_c_while_waiting_for_a_party(parties: Parties, tmp_path: Path) -> None:
+    """Ctrl-C in party 1 while ``start()`` waits for party 2 (never started): party 1 says
+    whom it waited for, in one line, and exits by SIGINT; party 0, already linked with
+    it, learns why instead of waiting on."""
+    roster = parties.roster(3)
+    cmd = [PY, str(PROGRAMS / "sums.py"), "--didcomm", str(roster)]
+    procs: list[subprocess.Popen[bytes]] = []
+    with contextlib.ExitStack() as files:
+        files.callback(_kill_all, procs)
+        for i in (1, 0):
+            procs.append(
+                subprocess.Popen(
+                    cmd,
+                    stdout=files.enter_context((tmp_path / f"p{i}.out").open("wb")),
+                    stderr=files.enter_context((tmp_path / f"p{i}.err").open("wb")),
+                    env=dict(os.environ, DIDSESSION_HOME=str(parties.homes[i])),
+                    cwd=tmp_path,
+                    start_new_session=True,
+                    preexec_fn=_default_sigint,
+                )
+            )
+        party1, party0 = procs
+        deadline = time.monotonic() + 60
+        while "link with party 0" not in _both(tmp_path, 1):
+            assert party1.poll() is None and time.monotonic() < deadline, _tails(tmp_path, 2)
+            time.sleep(0.05)
+        party1.send_signal(signal.SIGINT)
+        party1.wait(30)
+        party0.wait(30)
+    err1 = (tmp_path / "p1.err").read_text()
+    assert party1.returncode == -signal.SIGINT, err1
+    assert (
+        "didsession: party 1: interrupted (Ctrl-C): stopping "
+        "(it was waiting for party 2 (p2) to connect)\n"
+    ) in err1
+    assert "Traceback" not in err1, err1
+    err0 = (tmp_path / "p0.err").read_text()
+    assert party0.returncode == 1, err0
+    assert "party 1 (p1) was interrupted (Ctrl-C); stopping too" in err0, err0
+
+
+def _both(tmp_path: Path, i: int) -> str:
+    return (tmp_path / f"p{i}.out").read_text() + (tmp_path / f"p{i}.err").read_text()
 
 
 @contextlib.contextmanager
