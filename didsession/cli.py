@@ -409,7 +409,8 @@ def _session_info(session: Any) -> dict[str, Any]:
         "session_id": session.session_id.hex(),
         "suite": str(session.suite.value if hasattr(session.suite, "value") else session.suite),
         "path": {
-            "kind": str(path.kind.value if hasattr(path.kind, "value") else path.kind),
+            # "direct" / "relay", as in 'didsession status' (not the framing, "stream")
+            "kind": None if path.kind is None else str(path.kind),
             "local": list(path.local) if isinstance(path.local, tuple) else path.local,
             "remote": list(path.remote) if isinstance(path.remote, tuple) else path.remote,
         },

@@ -12,6 +12,12 @@ TCP path when one is verified and falls back to the relay when it dies
   ``--to``);
 * :func:`serve_via_mediator`: the responder (``didsession listen`` of an identity with a
   mediator): picks requests up live and runs each accepted session.
+
+The initiator's mailbox keeps what arrived while nobody listened, and a connect picks that
+backlog up first: the late ``accept`` or ``problem-report`` of an earlier attempt (one that
+timed out), a ``close`` of an older session, another protocol's message.  Only an answer in
+the thread of this attempt's ``request`` (its ``thid``, spec §3.3, §3.5) is handed to the
+handshake; the rest is logged at debug level and skipped (:func:`_stale`).
 """
 
 from __future__ import annotations
@@ -35,7 +41,17 @@ from didsession.mediation import (
     send_packed,
 )
 from didsession.relay_transport import RelayPath
-from didsession.session import Channel, Event, Handshake, MessageType, Role, SessionRefused
+from didsession.session import (
+    PROTOCOL_URI,
+    Channel,
+    Event,
+    Handshake,
+    MessageType,
+    Role,
+    SessionRefused,
+    pull_message,
+)
+from didsession.session.handshake import Accept, ProblemReport
 from didsession.session.multipath import PathKind
 from didsession.session.multipath_asyncio import (
     MultipathTransport,
@@ -154,6 +170,7 @@ async def connect_via_mediator(
     async with MediatorClient(info, identity.did, envelope, transport="ws") as client:
         live = client.live()
         out = hs.initiate(time.time())
+        request_id = pull_message(out.plaintext).id
         packed = await envelope.pack_plaintext(out.plaintext, to=out.to, frm=identity.did)
         await send_packed(packed)
         try:
@@ -162,6 +179,10 @@ async def connect_via_mediator(
                     msg = received.message
                     if msg.sender_did != peer_did:
                         log.warning(f"didsession: ignored a message from {msg.sender_did}")
+                        continue
+                    stale = _stale(msg.plaintext, request_id)
+                    if stale is not None:
+                        log.debug(f"didsession: ignored {stale} from {peer_did[:48]}")
                         continue
                     events = hs.receive_message(msg.plaintext, msg.sender_did, time.time())
                     for event in events:
@@ -277,3 +298,28 @@ def _message_type(plaintext: bytes) -> str | None:
         return None
     kind = doc.get("type") if isinstance(doc, dict) else None
     return kind if isinstance(kind, str) else None
+
+
+def _stale(plaintext: bytes, request_id: str) -> str | None:
+    """What a message from the peer is, if it is no answer to our ``request`` ``request_id``
+    (the initiator skips it then); ``None`` if the handshake should have it.
+
+    An answer is an ``accept`` or ``problem-report`` whose ``thid`` is the request's id
+    (spec §3.3, §3.5).  A message of this protocol that does not parse is handed on too, and
+    so is a plaintext that is not even JSON: the handshake rejects them (a broken peer, not a
+    late one).  Other messages of this protocol, answers in other threads and other
+    protocols' messages are stale.
+    """
+    kind = _message_type(plaintext)
+    if kind is not None and not kind.startswith(PROTOCOL_URI):
+        return f"a message of another protocol ({kind[:80]!r})"
+    try:
+        msg = pull_message(plaintext)
+    except RemoteProtocolError:
+        return None
+    name = str(kind).removeprefix(PROTOCOL_URI)
+    if not isinstance(msg, Accept | ProblemReport):
+        return f"a {name!r} message"
+    if msg.thid != request_id:
+        return f"a {name!r} for another request (thid {msg.thid[:40]!r})"
+    return None

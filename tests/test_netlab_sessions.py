@@ -32,6 +32,7 @@ from netlab_world import (
     MpycParty,
     World,
     build_world,
+    established,
     lab_namespaces,
     lab_unavailable,
     make_roster,
@@ -193,6 +194,10 @@ def test_relay_only_talks_to_nobody_but_the_mediator(lab: World, tmp_path: Path)
             assert (st["path"], st["relay_only"], st["upgrades"]) == ("relay", True, 0)
             assert [p["kind"] for p in st["paths"]] == ["relay"]
             assert con.path_events() == lis.path_events() == [("relay", "initial")]
+            # connect/listen --json name the path as 'didsession status' does
+            for chat in (lis, con):
+                found = chat.find(established)
+                assert found is not None and found[1]["path"]["kind"] == "relay", found
     finally:
         for proc in dumps.values():
             proc.terminate()

@@ -88,7 +88,9 @@ def test_two_processes_exchange_lines(pair: tuple[Cli, Cli]) -> None:
     assert est_a["session_id"] == est_b["session_id"]
     assert est_a["suite"] == est_b["suite"] == "X25519-AES256GCM-SHA256"
     assert est_a["alias"] == "bob" and est_b["alias"] == "alice"
-    assert est_a["path"]["kind"] == "stream" and est_b["path"]["remote"] == ["127.0.0.1", port]
+    # the path as 'didsession status' names it (not the negotiated framing, "stream")
+    assert est_a["path"]["kind"] == est_b["path"]["kind"] == "direct"
+    assert est_b["path"]["remote"] == ["127.0.0.1", port]
     received = [e["text"] for e in ev_a if e["event"] == "message"]
     assert received == lines  # every line, in order, once
     assert [e["text"] for e in ev_b if e["event"] == "message"] == ["welcome bob"]

@@ -19,6 +19,7 @@ from didsession.session import (
     SessionConfig,
     Suite,
 )
+from didsession.session.multipath import PathKind as Route
 from didsession.session.stream import (
     Session,
     accept_session,
@@ -106,7 +107,9 @@ def test_handshake_and_messages_over_tcp() -> None:
         assert client.local_did == ALICE
         assert client.session_id == srv.session_id
         assert client.suite is Suite.AES256GCM
-        assert client.path.kind is PathKind.STREAM
+        # the path, named as 'didsession status' does; the framing is the channel's
+        assert client.path.kind is srv.path.kind is Route.DIRECT
+        assert client.channel.path is PathKind.STREAM
         assert client.path.remote == srv.path.local
         for i in range(200):
             client.send(i.to_bytes(4, "big"))

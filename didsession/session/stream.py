@@ -31,6 +31,7 @@ from didsession.session.frame import (
 )
 from didsession.session.handshake import Handshake, OutboundMessage
 from didsession.session.keyschedule import PathKind, Role, Suite
+from didsession.session.multipath import PathKind as Route
 
 __all__ = [
     "MAX_PACKED_MESSAGE",
@@ -53,9 +54,15 @@ _READ_SIZE = 1 << 16
 
 @dataclass(frozen=True, slots=True)
 class PathInfo:
-    """What carries a session: the path kind and the socket addresses, if any."""
+    """What carries a session now: the kind of path and the socket addresses, if any.
 
-    kind: PathKind
+    ``kind`` names the path as ``didsession status`` does: ``direct`` (a connection between
+    the parties) or ``relay`` (the mediator's relay); ``None`` once a multipath session has
+    no path left.  The framing negotiated in the handshake (``stream``, spec §6.1) is
+    another thing: ``session.channel.path``.
+    """
+
+    kind: Route | None
     local: Any
     remote: Any
 
@@ -128,12 +135,17 @@ class Session:
 
     @property
     def path(self) -> PathInfo:
-        """Path kind and socket addresses."""
-        return PathInfo(
-            PathKind.STREAM,
-            self._writer.get_extra_info("sockname"),
-            self._writer.get_extra_info("peername"),
-        )
+        """The path the frames travel now and its socket addresses (see :class:`PathInfo`)."""
+        writer = self._writer
+        kind: Route | None
+        if writer.get_extra_info("multipath") is not None:
+            active = writer.get_extra_info("path")  # the active path's kind, None: none left
+            kind = None if active is None else Route(active)
+        elif writer.get_extra_info("peername") == "relay":  # what relay links call their peer
+            kind = Route.RELAY
+        else:
+            kind = Route.DIRECT
+        return PathInfo(kind, writer.get_extra_info("sockname"), writer.get_extra_info("peername"))
 
     @property
     def closed(self) -> bool:
