@@ -98,6 +98,14 @@ class MediatorConfig:
         ),
     )
     keylist_max: int = field(default=1000, metadata=_doc("keylist entries per DID"))
+    max_grants: int = field(
+        default=100_000,
+        metadata=_doc("DIDs granted mediation, in all; beyond it new DIDs get e.p.me.res.storage"),
+    )
+    keylist_max_total: int = field(
+        default=100_000,
+        metadata=_doc("keylist entries of all DIDs; an add beyond it gets e.p.me.res.storage"),
+    )
     # -- storage
     store_backend: str = field(default="sqlite", metadata=_doc("sqlite or redis"))
     store_path: Path | None = field(
@@ -113,6 +121,14 @@ class MediatorConfig:
     queue_ttl: float = field(default=7 * 86400.0, metadata=_doc("seconds a queued message is kept"))
     queue_max_messages: int = field(default=10_000, metadata=_doc("queued messages per DID"))
     queue_max_bytes: int = field(default=64 << 20, metadata=_doc("queued bytes per DID"))
+    queue_max_total_messages: int = field(
+        default=1_000_000,
+        metadata=_doc("queued messages of all DIDs; a forward beyond it gets e.p.me.res.storage"),
+    )
+    queue_max_total_bytes: int = field(
+        default=1 << 30,
+        metadata=_doc("queued bytes of all DIDs; a forward beyond it gets e.p.me.res.storage"),
+    )
     queue_max_message_bytes: int = field(
         default=512 << 10,
         metadata=_doc("largest forwarded message kept (a delivery of it must fit 1 MiB)"),
@@ -177,9 +193,13 @@ class MediatorConfig:
             "request_timeout",
             "ws_send_timeout",
             "keylist_max",
+            "max_grants",
+            "keylist_max_total",
             "queue_ttl",
             "queue_max_messages",
             "queue_max_bytes",
+            "queue_max_total_messages",
+            "queue_max_total_bytes",
             "queue_max_message_bytes",
             "queue_expire_interval",
             "stun_queue",

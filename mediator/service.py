@@ -46,7 +46,7 @@ from mediator.protocols.events import (
     StatusRequested,
 )
 from mediator.protocols.messages import FORWARD, PROTOCOLS, Codes, problem_report, thread_of
-from mediator.store.base import Limits, MessageStore, Queued
+from mediator.store.base import Limits, MessageStore, Queued, StorageFull
 
 __all__ = ["Mediator", "Reply"]
 
@@ -90,6 +90,10 @@ class Mediator:
             max_messages=config.queue_max_messages,
             max_bytes=config.queue_max_bytes,
             max_keys=config.keylist_max,
+            max_grants=config.max_grants,
+            max_total_keys=config.keylist_max_total,
+            max_total_messages=config.queue_max_total_messages,
+            max_total_bytes=config.queue_max_total_bytes,
         )
 
     # -- entry point -----------------------------------------------------------------
@@ -120,14 +124,16 @@ class Mediator:
             self.metrics.error(exc.code)
             if message.get("type") == FORWARD:
                 self.metrics.forwards_refused += 1
-            log.info(
-                "request refused",
-                extra={
-                    "code": exc.code,
-                    "type": str(message.get("type"))[:80],
-                    "sender": short_did(sender),
-                },
-            )
+            facts: dict[str, Any] = {
+                "code": exc.code,
+                "type": str(message.get("type"))[:80],
+                "sender": short_did(sender),
+            }
+            if isinstance(exc, StorageFull):  # the operator's business: a warning, and which
+                facts.update(limit=exc.limit, maximum=exc.maximum)
+                log.warning("request refused: mediator-wide limit reached", extra=facts)
+            else:
+                log.info("request refused", extra=facts)
             report = problem_report(
                 exc.code, exc.message, frm=self.did, to=sender, pthid=_thread(message)
             )
@@ -188,7 +194,7 @@ class Mediator:
             if not self.config.open_mediation:
                 log.info("mediation denied", extra={"did": short_did(event.sender)})
                 return coordinate.mediate_deny(event, mediator_did=did, now=now)
-            if await self.store.grant(event.sender, now):
+            if await self.store.grant(event.sender, now, self.limits):
                 log.info("mediation granted", extra={"did": short_did(event.sender)})
             return coordinate.mediate_grant(event, mediator_did=did, routing_did=did, now=now)
         if isinstance(event, KeylistUpdateRequested):

@@ -211,3 +211,93 @@ def test_ttl_expiry_and_queue_limit(tmp_path: Path) -> None:
         assert metrics['didsession_mediator_errors_total{kind="e.p.me.res.storage"}'] == 1
     finally:
         proc.kill()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_mediator_wide_limits_are_refused_logged_and_kept(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Fresh DIDs cannot fill the store: past the mediator-wide limits a grant, a keylist
+    add and a forward get e.p.me.res.storage and a warning naming the limit; the counts
+    survive a restart; picking up makes room."""
+    extra = [
+        "--max-grants",
+        "2",
+        "--keylist-max-total",
+        "3",
+        "--queue-max-total-messages",
+        "3",
+        "--queue-max-total-bytes",
+        "60000",
+        "--no-keylist-key-proof",
+    ]
+    if backend == "redis":
+        server: RedisProcess = request.getfixturevalue("redis_server")
+        extra += ["--store-backend", "redis", "--store-redis-url", server.url]
+    proc = mediator_process(tmp_path / "data", extra=extra)
+    proc.start()
+    try:
+        info = run(mediator_info(proc.url))
+        bob, carol, dave = (
+            Store(tmp_path / name).create(name, mediator=info.did)
+            for name in ("bob", "carol", "dave")
+        )
+        alice = Store(tmp_path / "alice").create("alice")
+        env = envelope_of(alice)
+        run(request_mediation(bob, info))
+        run(request_mediation(carol, info))
+        with pytest.raises(MediationError) as err:
+            run(request_mediation(dave, info))
+        assert err.value.code == "e.p.me.res.storage"
+
+        async def fill() -> None:
+            async with MediatorClient(info, bob) as client:
+                assert await client.keylist_update(add=["did:example:b2"]) == {
+                    "did:example:b2": "success"
+                }
+            async with MediatorClient(info, carol) as client:
+                with pytest.raises(MediationError) as err:
+                    await client.keylist_update(add=["did:example:c2"])
+                assert err.value.code == "e.p.me.res.storage"
+                assert await client.keylist() == [carol.did]
+            with pytest.raises(MediationError) as err:  # 80 kB: over the byte total
+                await send_packed(await packed_for(alice, env, bob.did, "x" * 60000))
+            assert err.value.code == "e.p.me.res.storage"
+            for to in (bob, bob, carol):
+                await send_packed(await packed_for(alice, env, to.did, f"for {to.did[-6:]}"))
+            with pytest.raises(MediationError) as err:  # a fourth message
+                await send_packed(await packed_for(alice, env, carol.did, "one too many"))
+            assert err.value.code == "e.p.me.res.storage"
+
+        run(fill())
+        assert proc.stop() == 0
+        proc.start()
+
+        async def after_restart() -> None:
+            with pytest.raises(MediationError) as err:
+                await send_packed(await packed_for(alice, env, carol.did, "still too many"))
+            assert err.value.code == "e.p.me.res.storage"
+            async with MediatorClient(info, bob) as client:
+                assert len(await client.pickup_all()) == 2  # nothing was dropped
+            await send_packed(await packed_for(alice, env, carol.did, "room again"))
+            async with MediatorClient(info, carol) as client:
+                got = await client.pickup_all()
+                assert sorted(r.message.message["body"]["content"] for r in got) == [
+                    f"for {carol.did[-6:]}",
+                    "room again",
+                ]
+
+        run(after_restart())
+    finally:
+        proc.kill()
+    warned = [e for e in proc.log_events() if e["event"].startswith("request refused: mediator")]
+    assert [(e["level"], e["limit"], e["code"]) for e in warned] == [
+        ("warning", "max_grants", "e.p.me.res.storage"),
+        ("warning", "keylist_max_total", "e.p.me.res.storage"),
+        ("warning", "queue_max_total_bytes", "e.p.me.res.storage"),
+        ("warning", "queue_max_total_messages", "e.p.me.res.storage"),
+        ("warning", "queue_max_total_messages", "e.p.me.res.storage"),
+    ]
+    assert warned[0]["sender"] != dave.did and warned[0]["sender"].endswith(dave.did[-12:])
+    text = proc.log_path.read_text()
+    assert "ciphertext" not in text and "one too many" not in text

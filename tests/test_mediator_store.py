@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import sqlite3
+import stat
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+import redis.asyncio as aioredis
 from mediator_proc import REDIS_SERVER, RedisProcess, start_redis
 
 from didsession.errors import ConfigError, MediationError
 from mediator.protocols.events import KeylistAction, KeylistUpdate
-from mediator.store.base import Limits, MessageStore, Queued
+from mediator.store.base import Limits, MessageStore, Queued, StorageFull
 from mediator.store.redis import RedisStore
 from mediator.store.sqlite import SqliteStore
 
@@ -53,6 +58,19 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     return make
 
 
+async def reopen(store: MessageStore) -> MessageStore:
+    """Close ``store``, then open the same database (file, or Redis prefix) anew."""
+    await store.close()
+    again: MessageStore
+    if isinstance(store, SqliteStore):
+        again = SqliteStore(store.path)
+    else:
+        assert isinstance(store, RedisStore)
+        again = RedisStore(store.url, prefix=store.prefix)
+    await again.open()
+    return again
+
+
 def run(coro: Awaitable[Any]) -> Any:
     async def bounded() -> Any:
         return await asyncio.wait_for(coro, 20)
@@ -65,8 +83,8 @@ def test_keylists_are_owned(make_store: StoreFactory) -> None:
         store = await make_store()
         try:
             add = KeylistAction.ADD
-            assert await store.grant(OWNER, 1.0) is True
-            assert await store.grant(OWNER, 2.0) is False
+            assert await store.grant(OWNER, 1.0, LIMITS) is True
+            assert await store.grant(OWNER, 2.0, LIMITS) is False
             assert await store.is_granted(OWNER) and not await store.is_granted(OTHER)
             res = await store.update_keylist(
                 OWNER, [KeylistUpdate(R1, add), KeylistUpdate(R1, add)], 1.0, LIMITS
@@ -135,6 +153,11 @@ def test_queue_fetch_delete_expire_and_limits(make_store: StoreFactory) -> None:
             assert await store.get(OTHER, q1.id, T + 15.0) is None  # not OTHER's
             # expired messages are invisible at once, deleted by expire()
             assert [m.id for m in await store.fetch(OWNER, None, 10, 10**6, T + 25.0)] == [q1.id]
+            assert await store.fetch(OWNER, R2, 10, 10**6, T + 25.0) == []
+            status = await store.status(OWNER, None, T + 25.0)
+            assert (status.message_count, status.total_bytes) == (1, 3)
+            assert (status.oldest_received, status.newest_received) == (T + 10.0, T + 10.0)
+            assert (await store.status(OWNER, R2, T + 25.0)).message_count == 0
             assert await store.expire(T + 25.0) == 1
             assert await store.delete(OTHER, [q1.id]) == 0  # a stranger deletes nothing
             assert await store.delete(OWNER, [q1.id, q1.id, "nope"]) == 1
@@ -182,7 +205,7 @@ def test_sqlite_files_are_owner_only(tmp_path: Path) -> None:
         store = SqliteStore(tmp_path / "p.sqlite3")
         await store.open()
         try:
-            await store.grant(OWNER, 1.0)  # writes, so the -wal and -shm files exist
+            await store.grant(OWNER, 1.0, LIMITS)  # writes, so the -wal and -shm files exist
             files = sorted(tmp_path.glob("p.sqlite3*"))
             assert [f.name for f in files] == ["p.sqlite3", "p.sqlite3-shm", "p.sqlite3-wal"]
             assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {
@@ -203,3 +226,253 @@ def test_redis_errors_do_not_show_the_password() -> None:
     with pytest.raises(ConfigError) as err:
         run(RedisStore(url).open())
     assert "secret" not in str(err.value) and "password=***" in str(err.value)
+
+
+ADD, REMOVE = KeylistAction.ADD, KeylistAction.REMOVE
+WIDE = Limits(
+    max_messages=100,
+    max_bytes=10_000,
+    max_keys=10,
+    max_grants=2,
+    max_total_keys=3,
+    max_total_messages=4,
+    max_total_bytes=20,
+)
+
+
+async def refused(limit: str, call: Awaitable[Any]) -> None:
+    with pytest.raises(StorageFull) as info:
+        await call
+    assert (info.value.code, info.value.limit) == ("e.p.me.res.storage", limit)
+
+
+def test_mediator_wide_limits_refuse_new_data_and_keep_the_old(make_store: StoreFactory) -> None:
+    """With mediation open to all, fresh DIDs cannot fill the disk or Redis: grants, keylist
+    entries, messages and bytes are capped in all; a refusal changes nothing; the counts
+    survive a restart."""
+
+    async def main() -> None:
+        T = time.time()
+        store = await make_store()
+        try:
+            a, b, c = "did:peer:2.a", "did:peer:2.b", "did:peer:2.c"
+            assert await store.grant(a, T, WIDE) and await store.grant(b, T, WIDE)
+            assert await store.grant(a, T, WIDE) is False  # a DID granted before still is
+            await refused("max_grants", store.grant(c, T, WIDE))
+            assert not await store.is_granted(c)
+
+            k = [f"did:peer:2.k{i}" for i in range(6)]
+            assert await store.update_keylist(a, [KeylistUpdate(k[0], ADD)], T, WIDE) == ["success"]
+            assert await store.update_keylist(
+                b, [KeylistUpdate(k[1], ADD), KeylistUpdate(k[2], ADD)], T, WIDE
+            ) == ["success", "success"]
+            await refused(
+                "keylist_max_total", store.update_keylist(a, [KeylistUpdate(k[3], ADD)], T, WIDE)
+            )
+            # all or nothing: the remove made room for one add, not for two
+            batch = [
+                KeylistUpdate(k[0], REMOVE),
+                KeylistUpdate(k[3], ADD),
+                KeylistUpdate(k[4], ADD),
+            ]
+            await refused("keylist_max_total", store.update_keylist(a, batch, T, WIDE))
+            assert await store.owner_of(k[0]) == a and await store.owner_of(k[3]) is None
+            assert await store.update_keylist(a, batch[:2], T, WIDE) == ["success", "success"]
+            assert await store.keylist(a, 0, 10) == ([k[3]], 1)
+
+            def put(owner: str, rcpt: str, data: bytes) -> Awaitable[Queued]:
+                return store.enqueue(owner, rcpt, data, now=T, expires=T + 99, limits=WIDE)
+
+            kept = [await put(a, k[3], b"a%04d" % i) for i in range(3)]
+            kept.append(await put(b, k[1], b"b0000"))  # 4 messages, 20 bytes: both full
+            await refused("queue_max_total_messages", put(b, k[1], b"x"))
+            assert await store.delete(a, [kept[0].id]) == 1
+            await refused("queue_max_total_bytes", put(b, k[1], b"b00001"))
+            kept[0] = await put(b, k[2], b"b0001")
+            assert await store.totals() == (4, 20)
+
+            store = await reopen(store)
+            assert await store.totals() == (4, 20)
+            await refused("queue_max_total_messages", put(b, k[1], b"x"))
+            await refused("max_grants", store.grant(c, T, WIDE))
+            await refused(
+                "keylist_max_total", store.update_keylist(b, [KeylistUpdate(k[5], ADD)], T, WIDE)
+            )
+            # nothing stored was dropped to make room
+            got = await store.fetch(a, None, 10, 10**6, T) + await store.fetch(
+                b, None, 10, 10**6, T
+            )
+            assert sorted(m.data for m in got) == sorted(m.data for m in kept)
+            assert await store.expire(T + 100) == 4  # expiry gives the room back
+            assert await store.totals() == (0, 0)
+            assert (await put(b, k[1], b"y" * 20)).data == b"y" * 20
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_totals_of_an_earlier_version_are_counted_when_opened(make_store: StoreFactory) -> None:
+    """A database of a version without the kept totals (SQLite: no ``totals`` table and
+    triggers; Redis: no byte total, no per-recipient queues) is counted once on open."""
+
+    async def main() -> None:
+        T = time.time()
+        store = await make_store()
+        try:
+            for did in (OWNER, OTHER):
+                await store.grant(did, T, WIDE)
+            await store.update_keylist(OWNER, [KeylistUpdate(R1, ADD)], T, WIDE)
+            await store.update_keylist(OTHER, [KeylistUpdate(R2, ADD)], T, WIDE)
+            for rcpt, data in ((R1, b"one"), (R2, b"two"), (R1, b"three")):
+                owner = OWNER if rcpt == R1 else OTHER
+                await store.enqueue(owner, rcpt, data, now=T, expires=T + 99, limits=WIDE)
+            await store.close()
+            await forget_the_counters(store)
+            store = await reopen(store)
+            assert await store.totals() == (3, 11)
+            status = await store.status(OWNER, R1, T)
+            assert (status.message_count, status.total_bytes) == (2, 8)
+            assert [m.data for m in await store.fetch(OWNER, R1, 10, 10**6, T)] == [
+                b"one",
+                b"three",
+            ]
+            await refused("max_grants", store.grant("did:peer:2.new", T, WIDE))
+            await refused(
+                "keylist_max_total",
+                store.update_keylist(
+                    OWNER, [KeylistUpdate(R2 + "x", ADD), KeylistUpdate(R2 + "y", ADD)], T, WIDE
+                ),
+            )
+            await store.enqueue(OWNER, R1, b"four", now=T, expires=T + 99, limits=WIDE)
+            await refused(
+                "queue_max_total_messages",
+                store.enqueue(OWNER, R1, b"5", now=T, expires=T + 99, limits=WIDE),
+            )
+            ids = [m.id for m in await store.fetch(OWNER, R1, 10, 10**6, T)]
+            assert await store.delete(OWNER, ids) == 3
+            assert await store.totals() == (1, 3)
+            assert (await store.status(OWNER, R1, T)).total_bytes == 0
+        finally:
+            await store.close()
+
+    run(main())
+
+
+async def forget_the_counters(store: MessageStore) -> None:
+    """Make ``store``'s (closed) database look like one of the previous version."""
+    if isinstance(store, SqliteStore):
+        db = sqlite3.connect(store.path)
+        names = db.execute(
+            "SELECT type, name FROM sqlite_master WHERE name LIKE 'totals%'"
+        ).fetchall()
+        assert len(names) == 7
+        for kind, name in names:
+            if kind == "trigger":
+                db.execute(f"DROP TRIGGER {name}")
+        db.execute("DROP TABLE totals")
+        db.commit()
+        db.close()
+        return
+    assert isinstance(store, RedisStore)
+    r = aioredis.Redis.from_url(store.url)
+    try:
+        p = store.prefix
+        gone = [f"{p}bytes_total", f"{p}schema"]
+        gone += [k.decode() async for k in r.scan_iter(match=f"{glob_escape(p)}qr:*")]
+        gone += [k.decode() async for k in r.scan_iter(match=f"{glob_escape(p)}rbytes:*")]
+        assert len(gone) == 6 and await r.delete(*gone) == 6
+    finally:
+        await r.aclose()
+
+
+def glob_escape(text: str) -> str:
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
+def redis_output_bytes(url: str) -> int:
+    """How many bytes redis-server has sent to all its clients."""
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("stats")["total_net_output_bytes"])
+    finally:
+        client.close()
+
+
+def test_redis_status_and_a_pickup_that_matches_nothing_do_not_read_the_queue(
+    redis_server: RedisProcess,
+) -> None:
+    """status and a delivery-request that matches nothing cost counters, not the queue:
+    Redis sends the mediator a few hundred bytes, not the 4 MiB queued."""
+
+    async def main() -> None:
+        T = time.time()
+        store = RedisStore(redis_server.url, prefix="cheap:")
+        await store.open()
+        try:
+            big = Limits(max_bytes=64 << 20)
+            blob = os.urandom(128 << 10)
+            for i in range(32):
+                rcpt = R1 if i < 31 else R2
+                await store.enqueue(OWNER, rcpt, blob, now=T + i, expires=T + 99, limits=big)
+            await asyncio.sleep(0.1)  # the publications have come back to the listener
+            before = redis_output_bytes(redis_server.url)
+            everything = await store.status(OWNER, None, T + 50)
+            for_r2 = await store.status(OWNER, R2, T + 50)
+            nobody = await store.status(OWNER, "did:peer:2.nobody", T + 50)
+            nothing = await store.fetch(OWNER, "did:peer:2.nobody", 10, 1 << 20, T + 50)
+            sent = redis_output_bytes(redis_server.url) - before
+            assert sent < 16 << 10, sent
+            assert (everything.message_count, everything.total_bytes) == (32, 32 * len(blob))
+            assert (everything.oldest_received, everything.newest_received) == (T, T + 31)
+            assert (for_r2.message_count, for_r2.total_bytes) == (1, len(blob))
+            assert for_r2.oldest_received == for_r2.newest_received == T + 31
+            assert nobody.message_count == 0 and nothing == []
+            before = redis_output_bytes(redis_server.url)
+            only = await store.fetch(OWNER, R2, 10, 1 << 20, T + 50)
+            assert [m.data for m in only] == [blob]
+            assert redis_output_bytes(redis_server.url) - before < len(blob) + (16 << 10)
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_sqlite_files_of_an_earlier_version_are_made_owner_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database (and its -wal, -shm) made 0644 by an earlier version is narrowed to 0600
+    on open, with one log line; a file that was 0600 already is not mentioned."""
+    path = tmp_path / "old.sqlite3"
+    old = os.umask(0o022)
+    try:
+        db = sqlite3.connect(path)  # as an earlier version left it: the umask's mode
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE t (x)")
+        db.commit()
+        files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+        assert all(stat.S_IMODE(f.stat().st_mode) == 0o644 for f in files)
+
+        async def main() -> None:
+            store = SqliteStore(path)
+            await store.open()
+            try:
+                await store.grant(OWNER, 1.0, LIMITS)
+                modes = {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in files}
+                assert modes == {f.name: "0o600" for f in files}
+            finally:
+                await store.close()
+            again = SqliteStore(path)
+            await again.open()
+            await again.close()
+
+        with caplog.at_level(logging.INFO, logger="mediator.store"):
+            run(main())
+        db.close()
+    finally:
+        os.umask(old)
+    said = [r for r in caplog.records if "mode 0600" in r.getMessage()]
+    assert len(said) == 1
+    assert said[0].__dict__["files"] == (
+        "old.sqlite3 0644, old.sqlite3-wal 0644, old.sqlite3-shm 0644"
+    )

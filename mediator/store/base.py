@@ -8,6 +8,13 @@ mediator acknowledges the sender after that), and refuses a message that would t
 owner's queue over its limits.  Expired messages are invisible at once and deleted by
 :meth:`MessageStore.expire`, which the mediator calls periodically.
 
+Besides the per-owner limits, mediator-wide ones bound what strangers can make it keep
+when mediation is open to all: DIDs granted, keylist entries, queued messages and bytes.
+Each store keeps those totals next to the data (a counter row, a counter key), updated
+in the transaction or script that changes the data, so a check costs one read and the
+totals survive restarts.  A request that would go over one is refused with
+:class:`StorageFull`; nothing stored is ever dropped to make room.
+
 Live delivery: a :class:`Listener` hears of every message enqueued for an owner it
 ``wants``, from this process (SQLite) or from any instance sharing the store (Redis).
 """
@@ -24,16 +31,55 @@ from mediator.protocols.events import KeylistUpdate
 from mediator.protocols.messages import Codes
 from mediator.protocols.pickup import Queued, QueueStatus
 
-__all__ = ["Limits", "Listener", "MessageStore", "QueueStatus", "Queued", "queue_full"]
+__all__ = [
+    "Limits",
+    "Listener",
+    "MessageStore",
+    "QueueStatus",
+    "Queued",
+    "StorageFull",
+    "queue_full",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Per-owner bounds: queued messages, queued bytes, keylist entries."""
+    """Per-owner bounds (queued messages, queued bytes, keylist entries), then the
+    mediator-wide ones (DIDs granted, keylist entries, queued messages and bytes in all)."""
 
     max_messages: int = 10_000
     max_bytes: int = 64 << 20
     max_keys: int = 1_000
+    max_grants: int = 100_000
+    max_total_keys: int = 100_000
+    max_total_messages: int = 1_000_000
+    max_total_bytes: int = 1 << 30
+
+
+class StorageFull(MediationError):
+    """A mediator-wide limit is reached (``e.p.me.res.storage``).
+
+    Args:
+        limit: the setting that was reached (``max_grants``, ``keylist_max_total``,
+            ``queue_max_total_messages``, ``queue_max_total_bytes``), for the log.
+        maximum: its value.
+    """
+
+    code = Codes.STORAGE_FULL
+
+    def __init__(self, limit: str, maximum: int) -> None:
+        what = _LIMIT_NOUNS.get(limit, limit)
+        super().__init__(f"the mediator holds as many {what} as it may ({maximum}); try later")
+        self.limit = limit
+        self.maximum = maximum
+
+
+_LIMIT_NOUNS = {
+    "max_grants": "mediation grants",
+    "keylist_max_total": "keylist entries",
+    "queue_max_total_messages": "queued messages",
+    "queue_max_total_bytes": "queued bytes",
+}
 
 
 def queue_full(limits: Limits) -> MediationError:
@@ -71,8 +117,12 @@ class MessageStore(ABC):
         """Finish pending writes and disconnect; nothing acknowledged is lost."""
 
     @abstractmethod
-    async def grant(self, did: str, now: float) -> bool:
-        """Record that ``did`` was granted mediation; True if it was new."""
+    async def grant(self, did: str, now: float, limits: Limits) -> bool:
+        """Record that ``did`` was granted mediation; True if it was new.
+
+        Raises:
+            StorageFull: ``did`` is new and ``limits.max_grants`` DIDs are granted already.
+        """
 
     @abstractmethod
     async def is_granted(self, did: str) -> bool: ...
@@ -83,7 +133,11 @@ class MessageStore(ABC):
     ) -> list[str]:
         """Apply ``updates`` for ``owner``; one keylist-update ``result`` per update.
 
-        A DID on another owner's keylist is a ``client_error`` (neither added nor removed).
+        A DID on another owner's keylist is a ``client_error`` (neither added nor removed),
+        so is an add beyond ``limits.max_keys`` for this owner.  The updates apply in order,
+        all or none: an add that would take the keylists of all owners beyond
+        ``limits.max_total_keys`` raises :class:`StorageFull` and nothing is changed (a
+        client at the limit removes first, in the same message or before).
         """
 
     @abstractmethod
@@ -105,10 +159,18 @@ class MessageStore(ABC):
         expires: float,
         limits: Limits,
     ) -> Queued:
-        """Queue ``data`` durably; raises MediationError (:func:`queue_full`) when full."""
+        """Queue ``data`` durably.
+
+        Raises:
+            MediationError: the owner's queue is full (:func:`queue_full`).
+            StorageFull: the queues of all owners hold ``limits.max_total_messages`` or
+                ``limits.max_total_bytes`` already.
+        """
 
     @abstractmethod
-    async def status(self, owner: str, recipient_did: str | None, now: float) -> QueueStatus: ...
+    async def status(self, owner: str, recipient_did: str | None, now: float) -> QueueStatus:
+        """Count and bytes of ``owner``'s unexpired messages (for ``recipient_did`` only, if
+        given), without reading the messages' contents."""
 
     @abstractmethod
     async def fetch(
@@ -129,4 +191,4 @@ class MessageStore(ABC):
 
     @abstractmethod
     async def totals(self) -> tuple[int, int]:
-        """Messages and bytes queued in all, for metrics."""
+        """Messages and bytes queued in all (the kept counters), for metrics."""

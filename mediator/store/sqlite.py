@@ -7,15 +7,23 @@ forwarding at the disk's sync rate, so enqueues that arrive while a commit is in
 are batched into the next transaction (group commit): one fsync acknowledges them all.
 
 All SQL runs on one worker thread that owns the connection; the event loop never blocks
-on the disk.  Per-owner counts and bytes live in the ``quota`` table, kept by triggers, so
-the limit check of an enqueue is one primary-key lookup.
+on the disk.  Per-owner counts and bytes live in the ``quota`` table, the mediator-wide
+counts (grants, keylist entries, messages, bytes) in the one row of ``totals``, all kept by
+triggers in the transaction that changes the data, so the limit checks of an enqueue are
+two primary-key lookups and the totals are right after any crash.  A database made before
+``totals`` existed gets it counted once, when it is opened.
+
+The file holds DIDs and keylists: it is created 0600, and an older one (or its -wal and
+-shm) that others may read is narrowed to 0600 when opened, with one log line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
+import stat
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,9 +33,18 @@ from typing import Any, TypeVar
 from didsession.errors import ConfigError, MediationError
 from mediator.protocols.coordinate import KeylistResult
 from mediator.protocols.events import KeylistAction, KeylistUpdate
-from mediator.store.base import Limits, MessageStore, Queued, QueueStatus, queue_full
+from mediator.store.base import (
+    Limits,
+    MessageStore,
+    Queued,
+    QueueStatus,
+    StorageFull,
+    queue_full,
+)
 
 __all__ = ["SqliteStore"]
+
+log = logging.getLogger("mediator.store")
 
 _T = TypeVar("_T")
 
@@ -66,9 +83,40 @@ CREATE TRIGGER IF NOT EXISTS queue_delete AFTER DELETE ON queue BEGIN
     UPDATE quota SET messages = messages - 1, bytes = bytes - length(OLD.data)
     WHERE owner = OLD.owner;
 END;
+CREATE TABLE IF NOT EXISTS totals (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    grants INTEGER NOT NULL,
+    keys INTEGER NOT NULL,
+    messages INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+INSERT INTO totals (id, grants, keys, messages, bytes)
+SELECT 0, (SELECT COUNT(*) FROM mediation), (SELECT COUNT(*) FROM keylist),
+       (SELECT COUNT(*) FROM queue), (SELECT COALESCE(SUM(length(data)), 0) FROM queue)
+WHERE NOT EXISTS (SELECT 1 FROM totals);
+CREATE TRIGGER IF NOT EXISTS totals_grant AFTER INSERT ON mediation BEGIN
+    UPDATE totals SET grants = grants + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS totals_ungrant AFTER DELETE ON mediation BEGIN
+    UPDATE totals SET grants = grants - 1;
+END;
+CREATE TRIGGER IF NOT EXISTS totals_key_add AFTER INSERT ON keylist BEGIN
+    UPDATE totals SET keys = keys + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS totals_key_remove AFTER DELETE ON keylist BEGIN
+    UPDATE totals SET keys = keys - 1;
+END;
+CREATE TRIGGER IF NOT EXISTS totals_queue_insert AFTER INSERT ON queue BEGIN
+    UPDATE totals SET messages = messages + 1, bytes = bytes + length(NEW.data);
+END;
+CREATE TRIGGER IF NOT EXISTS totals_queue_delete AFTER DELETE ON queue BEGIN
+    UPDATE totals SET messages = messages - 1, bytes = bytes - length(OLD.data);
+END;
 """
 
 _Pending = tuple[str, str, bytes, float, float, Limits, "asyncio.Future[Queued]"]
+# What became of one pending enqueue: stored, or the refusal to raise.
+_Outcome = Queued | MediationError
 
 
 class SqliteStore(MessageStore):
@@ -101,14 +149,48 @@ class SqliteStore(MessageStore):
     def _open_sync(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # It holds DIDs and keylists: owner-only, whatever the umask.  SQLite gives the
-        # -wal and -shm files the database file's mode.
+        # -wal and -shm files the database file's mode; those of an earlier version may
+        # have been made with the umask's, so they are narrowed first.
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        self._restrict_modes()
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.executescript(SCHEMA)
+        try:
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            # One transaction: a database of an earlier version gets its totals counted
+            # from exactly the rows the new triggers then keep them for.
+            conn.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nCOMMIT;")
+        except BaseException:
+            conn.close()
+            raise
         self._conn = conn
+
+    def _restrict_modes(self) -> None:
+        """chmod 0600 the database, -wal and -shm files of ours that others may read."""
+        narrowed = []
+        for path in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            mode = stat.S_IMODE(st.st_mode)
+            if not mode & 0o077 or st.st_uid != os.geteuid():
+                continue
+            try:
+                os.chmod(path, 0o600)
+            except OSError as exc:
+                log.warning(
+                    "cannot make a message store file owner-only",
+                    extra={"path": str(path), "mode": f"{mode:04o}", "error": exc.strerror},
+                )
+                continue
+            narrowed.append(f"{path.name} {mode:04o}")
+        if narrowed:
+            log.warning(
+                "message store files were readable by others; now mode 0600",
+                extra={"path": str(self.path), "files": ", ".join(narrowed)},
+            )
 
     async def close(self) -> None:
         if self._flusher is not None:
@@ -137,14 +219,25 @@ class SqliteStore(MessageStore):
         return self._conn
 
     # -- mediation and keylists ------------------------------------------------------
-    async def grant(self, did: str, now: float) -> bool:
-        return await self._run(self._grant_sync, did, now)
+    async def grant(self, did: str, now: float, limits: Limits) -> bool:
+        return await self._run(self._grant_sync, did, now, limits)
 
-    def _grant_sync(self, did: str, now: float) -> bool:
-        cur = self._db.execute(
-            "INSERT INTO mediation (did, granted) VALUES (?, ?) ON CONFLICT DO NOTHING", (did, now)
-        )
-        return cur.rowcount > 0
+    def _grant_sync(self, did: str, now: float, limits: Limits) -> bool:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("SELECT 1 FROM mediation WHERE did = ?", (did,)).fetchone():
+                db.execute("COMMIT")
+                return False
+            (grants,) = db.execute("SELECT grants FROM totals").fetchone()
+            if grants >= limits.max_grants:
+                raise StorageFull("max_grants", limits.max_grants)
+            db.execute("INSERT INTO mediation (did, granted) VALUES (?, ?)", (did, now))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return True
 
     async def is_granted(self, did: str) -> bool:
         return await self._run(self._is_granted_sync, did)
@@ -168,6 +261,7 @@ class SqliteStore(MessageStore):
             (count,) = db.execute(
                 "SELECT COUNT(*) FROM keylist WHERE owner = ?", (owner,)
             ).fetchone()
+            (total,) = db.execute("SELECT keys FROM totals").fetchone()
             for update in updates:
                 row = db.execute(
                     "SELECT owner FROM keylist WHERE recipient_did = ?", (update.recipient_did,)
@@ -180,12 +274,15 @@ class SqliteStore(MessageStore):
                         results.append(KeylistResult.NO_CHANGE)
                     elif count >= limits.max_keys:
                         results.append(KeylistResult.CLIENT_ERROR)
+                    elif total >= limits.max_total_keys:
+                        raise StorageFull("keylist_max_total", limits.max_total_keys)
                     else:
                         db.execute(
                             "INSERT INTO keylist (recipient_did, owner, added) VALUES (?, ?, ?)",
                             (update.recipient_did, owner, now),
                         )
                         count += 1
+                        total += 1
                         results.append(KeylistResult.SUCCESS)
                 elif holder is None:
                     results.append(KeylistResult.NO_CHANGE)
@@ -194,6 +291,7 @@ class SqliteStore(MessageStore):
                         "DELETE FROM keylist WHERE recipient_did = ?", (update.recipient_did,)
                     )
                     count -= 1
+                    total -= 1
                     results.append(KeylistResult.SUCCESS)
             db.execute("COMMIT")
         except BaseException:
@@ -269,13 +367,13 @@ class SqliteStore(MessageStore):
                     if isinstance(outcome, Queued):
                         future.set_result(outcome)
                     else:
-                        future.set_exception(queue_full(item[5]))
+                        future.set_exception(outcome)
         finally:
             self._flusher = None
 
-    def _insert_batch(self, batch: list[_Pending]) -> list[Queued | None]:
+    def _insert_batch(self, batch: list[_Pending]) -> list[_Outcome]:
         db = self._db
-        outcomes: list[Queued | None] = []
+        outcomes: list[_Outcome] = []
         db.execute("BEGIN IMMEDIATE")
         try:
             for owner, recipient_did, data, now, expires, limits, _ in batch:
@@ -284,7 +382,16 @@ class SqliteStore(MessageStore):
                 ).fetchone()
                 count, size = row if row else (0, 0)
                 if count + 1 > limits.max_messages or size + len(data) > limits.max_bytes:
-                    outcomes.append(None)
+                    outcomes.append(queue_full(limits))
+                    continue
+                all_count, all_size = db.execute("SELECT messages, bytes FROM totals").fetchone()
+                if all_count + 1 > limits.max_total_messages:
+                    outcomes.append(
+                        StorageFull("queue_max_total_messages", limits.max_total_messages)
+                    )
+                    continue
+                if all_size + len(data) > limits.max_total_bytes:
+                    outcomes.append(StorageFull("queue_max_total_bytes", limits.max_total_bytes))
                     continue
                 msg_id = uuid.uuid4().hex
                 db.execute(
@@ -378,7 +485,5 @@ class SqliteStore(MessageStore):
         return await self._run(self._totals_sync)
 
     def _totals_sync(self) -> tuple[int, int]:
-        row = self._db.execute(
-            "SELECT COALESCE(SUM(messages), 0), COALESCE(SUM(bytes), 0) FROM quota"
-        ).fetchone()
+        row = self._db.execute("SELECT messages, bytes FROM totals").fetchone()
         return int(row[0]), int(row[1])
