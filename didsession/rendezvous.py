@@ -18,6 +18,15 @@ backlog up first: the late ``accept`` or ``problem-report`` of an earlier attemp
 timed out), a ``close`` of an older session, another protocol's message.  Only an answer in
 the thread of this attempt's ``request`` (its ``thid``, spec §3.3, §3.5) is handed to the
 handshake; the rest is logged at debug level and skipped (:func:`_stale`).
+
+The responder's mailbox keeps what arrived while nobody listened too: the ``request`` of an
+initiator that has since given up, or retried.  Answering it would open a relay slot that
+waits :data:`RELAY_WAIT` for nobody (a DID holds few), and report an error when it expires.
+So the responder turns live delivery on, takes that backlog at once and skips (debug log)
+each request that is stale by what its authenticated sender wrote in it
+(:func:`_stale_requests`): one created more than :data:`REQUEST_MAX_AGE` ago, or one
+superseded by a later request of the same peer in the backlog.  A request pushed while it
+listens is answered as it comes: its initiator sent it just now, whatever its clock says.
 """
 
 from __future__ import annotations
@@ -26,11 +35,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from didsession.direct import DirectPaths
-from didsession.envelope import Envelope
+from didsession.envelope import Envelope, Unpacked
 from didsession.errors import ConfigError, DidSessionError, RemoteProtocolError
 from didsession.identity import Identity
 from didsession.mediation import (
@@ -51,7 +60,7 @@ from didsession.session import (
     SessionRefused,
     pull_message,
 )
-from didsession.session.handshake import Accept, ProblemReport
+from didsession.session.handshake import Accept, ProblemReport, Request
 from didsession.session.multipath import PathKind
 from didsession.session.multipath_asyncio import (
     MultipathTransport,
@@ -67,6 +76,13 @@ log = logging.getLogger("didsession.paths")
 
 HANDSHAKE_TIMEOUT = 30.0
 RELAY_WAIT = 30.0
+# A request that waited in the responder's mailbox longer than this, by its own
+# created_time (spec §3.1), is from an initiator that gave up: it waits HANDSHAKE_TIMEOUT
+# (§4.3).  CLOCK_SKEW is for the two parties' clocks, which need not agree, and is
+# generous: a request skipped wrongly costs a waiting initiator its attempt, one answered
+# wrongly only a relay slot for RELAY_WAIT.
+CLOCK_SKEW = 90.0
+REQUEST_MAX_AGE = HANDSHAKE_TIMEOUT + CLOCK_SKEW
 
 
 class MediatedSession:
@@ -228,7 +244,9 @@ async def serve_via_mediator(
 
     Each accepted request becomes a session on the relay (upgrading to a direct path when
     it can) handed to ``on_session``; a refused one gets a problem-report through the
-    mediator and ``on_error`` hears about it.
+    mediator and ``on_error`` hears about it.  A request that waited in the mailbox and
+    is stale (too old, or followed by a later one of the same peer: see
+    :func:`_stale_requests`) gets no answer at all (spec §4.3, §11.5).
     """
     info = await mediator_info(_mediator_of(identity), resolver_envelope=envelope)
     if direct is None and not relay_only:
@@ -236,7 +254,8 @@ async def serve_via_mediator(
     if direct is not None and not relay_only:
         await direct.candidates()  # gather before the first request, not during it
     tasks: set[asyncio.Task[None]] = set()
-    assert identity.x25519_secret is not None
+    static_private = identity.x25519_secret
+    assert static_private is not None
 
     async def run(hs: Handshake, label: str) -> None:
         try:
@@ -257,38 +276,56 @@ async def serve_via_mediator(
             return
         await on_session(mediated)
 
+    async def answer(msg: Unpacked) -> None:
+        if _message_type(msg.plaintext) != MessageType.REQUEST or msg.sender_did is None:
+            return
+        cands = None if relay_only or direct is None else await direct.candidates()
+        hs = Handshake(
+            Role.RESPONDER,
+            local_did=identity.did,
+            static_private=static_private,
+            peer_static_key=envelope.resolver.x25519_public,
+            accept_peer=accept_peer,
+            candidates=cands,
+        )
+        try:
+            hs.receive_message(msg.plaintext, msg.sender_did, time.time())
+        except DidSessionError as exc:
+            if on_error is not None:
+                on_error(exc)
+            return
+        finally:
+            for reply in hs.messages_to_send():
+                with contextlib.suppress(DidSessionError):
+                    packed = await envelope.pack_plaintext(
+                        reply.plaintext, to=reply.to, frm=identity.did
+                    )
+                    await send_packed(packed)
+        task = asyncio.create_task(run(hs, msg.sender_did[:24]))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
     async with MediatorClient(info, identity.did, envelope, transport="ws") as client:
+        # Live delivery first, so nothing that arrives during the pickup is missed (a
+        # message both pushed and picked up is yielded once); then the backlog, whole,
+        # because whether a request is superseded depends on what follows it.
+        await client.set_live(True)
         if on_ready is not None:
             on_ready(info)
-        async for received in client.live():
-            msg = received.message
-            if _message_type(msg.plaintext) != MessageType.REQUEST or msg.sender_did is None:
+        backlog = await client.pickup_all()
+        stale = _stale_requests(
+            [(r.message.plaintext, r.message.sender_did) for r in backlog],
+            identity.did,
+            time.time(),
+        )
+        for received, why in zip(backlog, stale, strict=True):
+            if why is not None:
+                sender = str(received.message.sender_did)[:48]
+                log.debug(f"didsession: did not answer {why} from {sender}")
                 continue
-            cands = None if relay_only or direct is None else await direct.candidates()
-            hs = Handshake(
-                Role.RESPONDER,
-                local_did=identity.did,
-                static_private=identity.x25519_secret,
-                peer_static_key=envelope.resolver.x25519_public,
-                accept_peer=accept_peer,
-                candidates=cands,
-            )
-            try:
-                hs.receive_message(msg.plaintext, msg.sender_did, time.time())
-            except DidSessionError as exc:
-                if on_error is not None:
-                    on_error(exc)
-                continue
-            finally:
-                for reply in hs.messages_to_send():
-                    with contextlib.suppress(DidSessionError):
-                        packed = await envelope.pack_plaintext(
-                            reply.plaintext, to=reply.to, frm=identity.did
-                        )
-                        await send_packed(packed)
-            task = asyncio.create_task(run(hs, msg.sender_did[:24]))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            await answer(received.message)
+        async for received in client.live(catch_up=False):
+            await answer(received.message)
 
 
 def _message_type(plaintext: bytes) -> str | None:
@@ -323,3 +360,47 @@ def _stale(plaintext: bytes, request_id: str) -> str | None:
     if msg.thid != request_id:
         return f"a {name!r} for another request (thid {msg.thid[:40]!r})"
     return None
+
+
+def _stale_requests(
+    backlog: Sequence[tuple[bytes, str | None]], local_did: str, now: float
+) -> list[str | None]:
+    """Which ``request`` messages of the responder's backlog not to answer: for each
+    message, what it is if it is one, else ``None``.
+
+    Only what the requests' authenticated senders wrote counts: a ``request`` is weighed
+    only if its ``from`` is the DID the envelope authenticated and its ``to`` is
+    ``local_did`` (spec §3.1 rule 4); any other message gets ``None`` and is left to the
+    handshake, which rejects it as before.  Such a request is stale if
+
+    * it was created (its ``created_time``, the initiator's clock) more than
+      :data:`REQUEST_MAX_AGE` before ``now``: its initiator stopped waiting (§4.3), or it
+      is a replay (authcrypt has no freshness, §11.1, §11.5);
+    * a later request of the same peer is in the backlog (created later, or in the same
+      second and queued later): an initiator waits for the answer to its latest request.
+      This compares the peer's clock with itself, so skew does not matter, and a replayed
+      request cannot supersede a newer one.  The same request twice counts once.
+    """
+    requests: list[Request | None] = []
+    latest: dict[str, tuple[int, int]] = {}  # peer DID -> (created_time, index)
+    for index, (plaintext, sender) in enumerate(backlog):
+        req = None
+        if _message_type(plaintext) == MessageType.REQUEST:
+            with contextlib.suppress(RemoteProtocolError):
+                msg = pull_message(plaintext)
+                if isinstance(msg, Request) and msg.sender == sender and msg.recipient == local_did:
+                    req = msg
+        requests.append(req)
+        if req is not None and req.created_time >= latest.get(req.sender, (-1, -1))[0]:
+            latest[req.sender] = (req.created_time, index)
+    out: list[str | None] = []
+    for index, req in enumerate(requests):
+        if req is None:
+            out.append(None)
+        elif now - req.created_time > REQUEST_MAX_AGE:
+            out.append(f"a request created {now - req.created_time:.0f} s ago")
+        elif latest[req.sender][1] != index:
+            out.append("a request superseded by a later one")
+        else:
+            out.append(None)
+    return out
