@@ -5,13 +5,16 @@ receiving channel must see every payload exactly once and in order."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from didsession.errors import FrameError
-from didsession.session import Channel, ChannelState
+from didsession.errors import DecryptError, FrameError
+from didsession.session import Channel, ChannelState, Limits
+from didsession.session.channel import MAX_EPOCH_SKIP
+from didsession.session.frame import HEADER, FrameType, word
 from didsession.session.keyschedule import path_check_key
 from didsession.session.multipath import (
     HELLO_SIZE,
@@ -49,8 +52,10 @@ class Net:
     wires: dict[tuple[int, int], list[bytes]] = field(default_factory=dict)
 
     @classmethod
-    def make(cls, key_b: bytes | None = None, cfg: MultipathConfig = CFG) -> Net:
-        pair = SessionPair.establish()
+    def make(
+        cls, key_b: bytes | None = None, cfg: MultipathConfig = CFG, limits: Limits | None = None
+    ) -> Net:
+        pair = SessionPair.establish(limits=limits)
         sides = []
         for ch, key in ((pair.initiator, None), (pair.responder, key_b)):
             mp = Multipath(
@@ -60,15 +65,16 @@ class Net:
                 rx_next=0,
                 now=0.0,
                 config=cfg,
+                authenticate=ch.authenticator(),
             )
             sides.append(Side(ch, mp))
         return cls(sides[0], sides[1])
 
     @classmethod
-    def upgraded(cls) -> tuple[Net, int, int]:
+    def upgraded(cls, cfg: MultipathConfig = CFG) -> tuple[Net, int, int]:
         """A net whose sessions started on the relay and moved to a checked direct path:
         (net, relay, direct)."""
-        net = cls.make()
+        net = cls.make(cfg=cfg)
         relay = net.add(PathKind.RELAY)
         return net, relay, net.add_path_checked()
 
@@ -460,3 +466,237 @@ def test_losing_every_path_settles_a_close() -> None:
     assert not net.a.mp.settled
     net.cut(relay)
     assert net.a.mp.settled and net.a.mp.state is MultipathState.LOST
+
+
+# -- forged frames (spec §15.5) -----------------------------------------------------------------
+
+
+def _forged(counter: int, size: int = 48, epoch: int = 0) -> bytes:
+    """A well-formed stream frame with the given counter that nobody sealed: what a party
+    that can only write into one path (the mediator on the relay) can make."""
+    body = bytes((counter + i) & 0xFF for i in range(size))
+    return HEADER.pack(8 + size, word(FrameType.DATA, epoch, counter)) + body
+
+
+def _inject(net: Net, i: int, pid: int, data: bytes, *, chunked: bool) -> None:
+    """Put ``data`` on path ``pid`` as if side ``i`` had sent it, ahead of what is in flight
+    there; ``chunked``: in two pieces (the core's buffering path, not its whole-frame one)."""
+    queue = net.wires.setdefault((i, pid), [])
+    queue[:0] = [data[:7], data[7:]] if chunked else [data]
+
+
+def _closed_for_forgery(side: Side, pid: int) -> bool:
+    return any(
+        isinstance(e, PathClosed) and e.path == pid and "failed authentication" in e.reason
+        for e in side.events
+    )
+
+
+def _peer_sees_the_close(net: Net, i: int, pid: int) -> None:
+    """Side ``i`` closed its end of ``pid``: the other side's connection goes too."""
+    net.wires.pop((0, pid), None)
+    net.wires.pop((1, pid), None)
+    net.side(1 - i).mp.path_lost(pid, net.now)
+    net.collect(1 - i)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole", "chunked"])
+@pytest.mark.parametrize("ahead", [0, 2], ids=["next-counter", "later-counter"])
+def test_a_forged_frame_on_one_path_closes_only_that_path(ahead: int, chunked: bool) -> None:
+    """The relay (the mediator) forges the frame b expects next (or a later one) while the
+    genuine one is in flight on the direct path: the forgery must not count, must not
+    displace the genuine frame and must not fail the session; only the relay closes."""
+    net, relay, direct = Net.upgraded()
+    first = net.send_all(0, _payloads(2))
+    net.pump()
+    sent = net.send_all(0, _payloads(5, 2))  # on the direct path, not delivered yet
+    target = len(first) + ahead
+    _inject(net, 0, relay, _forged(target), chunked=chunked)
+    net.pump((relay,))
+    assert _closed_for_forgery(net.b, relay)
+    assert net.b.got == first and net.b.channel.state is ChannelState.ESTABLISHED
+    _peer_sees_the_close(net, 1, relay)
+    net.pump()
+    assert net.b.got == first + sent  # every genuine frame, once, in order
+    assert net.b.mp.state is MultipathState.OPEN and net.b.mp.active == direct
+    later = net.send_all(1, _payloads(3, 100))  # and the session goes on both ways
+    net.pump()
+    assert net.a.got == later
+
+
+def test_a_flood_of_forged_later_frames_does_not_fill_the_reorder_buffer() -> None:
+    """Forged frames with large counters (more than the reorder buffer holds) on the relay:
+    the first one closes the relay; none is buffered; the session goes on."""
+    cfg = MultipathConfig(ack_frames=4, max_reorder=8 << 10)
+    net, relay, direct = Net.upgraded(cfg)
+    flood = b"".join(_forged(1_000_000 + k, size=1024) for k in range(32))  # 33 KiB
+    _inject(net, 0, relay, flood, chunked=False)
+    sent = net.send_all(0, _payloads(10))
+    net.pump((relay,))
+    assert _closed_for_forgery(net.b, relay)
+    assert not net.b.mp._reorder
+    _peer_sees_the_close(net, 1, relay)
+    net.pump()
+    assert net.b.got == sent and net.b.mp.state is MultipathState.OPEN
+    assert net.b.mp.active == direct
+
+
+def test_a_forged_frame_on_the_only_path_loses_the_session() -> None:
+    """With no other path, the usual rule applies: no path left, the session is lost
+    (as a forged frame fails a single-path stream session, spec §6.4)."""
+    net = Net.make()
+    relay = net.add(PathKind.RELAY)
+    _inject(net, 0, relay, _forged(0), chunked=False)
+    net.pump()
+    assert _closed_for_forgery(net.b, relay)
+    assert net.b.mp.state is MultipathState.LOST and net.b.got == []
+    assert any(isinstance(e, PathsLost) for e in net.b.events)
+
+
+def test_a_forgery_behind_genuine_frames_keeps_them() -> None:
+    """Genuine frames and a forged one in the same read: the genuine ones are delivered,
+    then the path closes."""
+    net, relay, direct = Net.upgraded()
+    sent = net.send_all(0, _payloads(3))
+    net.wires[(0, direct)].append(_forged(len(sent)))
+    net.wires[(0, direct)][:] = [b"".join(net.wires[(0, direct)])]
+    net.deliver(0, direct)
+    assert net.b.got == sent and _closed_for_forgery(net.b, direct)
+    assert net.b.mp.active == relay
+
+
+def test_frames_ahead_across_key_updates_are_authenticated_once() -> None:
+    """Frames that overtake the relay's tail on the direct path after several key updates
+    (16 frames per key) wait, authenticated under keys derived ahead, and are opened in
+    order without a second decryption."""
+    net = Net.make(limits=Limits(messages=16))
+    relay = net.add(PathKind.RELAY)
+    tail = net.send_all(0, _payloads(5))  # in flight on the relay
+    direct = net.add_path_checked()
+    net.a.channel.rekey()  # one update at once, two more by the message limit
+    after = net.send_all(0, _payloads(45, 5))
+    assert net.a.channel.send_epoch == 3
+    net.deliver(0, direct)
+    assert net.b.got == [] and len(net.b.mp._reorder) >= 45
+    net.deliver(0, relay)
+    assert net.b.got == tail + after
+    assert net.b.channel.receive_epoch == 3
+    assert not net.b.channel._authentic  # every plaintext the check kept was used by open
+    assert not [e for e in net.b.events if isinstance(e, PathClosed)]
+
+
+class _CountingAead:
+    """An AEAD that counts its decryptions (to show that no frame is decrypted twice)."""
+
+    def __init__(self, aead: Any, calls: list[int]) -> None:
+        self._aead, self._calls = aead, calls
+
+    def decrypt(self, nonce: bytes, data: bytes, ad: bytes | None) -> bytes:
+        self._calls.append(1)
+        return bytes(self._aead.decrypt(nonce, data, ad))
+
+
+def test_the_authenticator_follows_key_updates_ahead_of_the_channel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A layer above that reads late (a stream session's reader): the multipath layer
+    passes frames across key updates, some ahead of their turn, long before the channel
+    opens them; each frame is decrypted once in all."""
+    import didsession.session.channel as channel_module
+
+    pair = SessionPair.establish(limits=Limits(messages=16))
+    a, b = pair.initiator, pair.responder
+    frames = pair.split(b, b"".join(a.seal(b"%d" % i) for i in range(100)))
+    calls: list[int] = []
+    make_aead = channel_module.make_aead
+    monkeypatch.setattr(
+        channel_module, "make_aead", lambda suite, key: _CountingAead(make_aead(suite, key), calls)
+    )
+    b._rx_aead = _CountingAead(b._rx_aead, calls)  # type: ignore[assignment]
+    b._rx_decrypt = b._rx_aead.decrypt
+    check = b.authenticator()
+    assert len(frames) > 100  # KEY_UPDATEs among them
+    # As the multipath layer does: later frames first (they overtook the others on another
+    # path), then the rest, then the later ones again in their turn.
+    assert all(check(f) for f in frames[40:])
+    assert all(check(f) for f in frames)
+    assert len(calls) == len(frames)
+    assert not check(_forged(len(frames)))  # the next counter, not sealed by a
+    assert not check(_forged(len(frames) + 5, epoch=a.send_epoch & 0x0F))
+    assert b.receive_epoch == 0 and b.frames_received == 0  # the channel itself: unmoved
+    assert len(b._authentic) == len(frames)  # plaintexts kept for open
+    del calls[:]
+    got = [p for f in frames if (p := b.open(f)) is not None]
+    assert got == [b"%d" % i for i in range(100)]
+    assert calls == [] and not b._authentic  # open decrypted nothing again
+    assert b.receive_epoch == a.send_epoch
+
+
+def test_the_authenticator_looks_at_most_max_epoch_skip_epochs_ahead() -> None:
+    """A frame ahead of its turn is checked under a key derived ahead, but not more than
+    MAX_EPOCH_SKIP epochs ahead (as on datagram paths, spec §8.3): that bounds the work a
+    forger can cause; a genuine frame that far ahead is refused too (its path closes, and
+    the peer's fallback sends it again)."""
+    pair = SessionPair.establish(limits=Limits(messages=16))
+    a, b = pair.initiator, pair.responder
+    frames = pair.split(b, b"".join(a.seal(b"%d" % i) for i in range(200)))
+    epochs = [(HEADER.unpack_from(f)[1] >> 56) & 0x0F for f in frames]
+    check = b.authenticator()
+    near = epochs.index(MAX_EPOCH_SKIP)
+    far = epochs.index(MAX_EPOCH_SKIP + 1)
+    assert check(frames[near]) and not check(frames[far])
+    assert all(check(f) for f in frames)  # in their turn, every one passes
+
+
+def test_a_forged_frame_never_changes_the_channel() -> None:
+    """The check fails a forgery without raising or touching the channel; and the plaintext
+    it keeps for a genuine frame serves those bytes only: other bytes with the same header
+    are decrypted by ``open`` (and fail it, as on a single stream)."""
+    pair = SessionPair.establish()
+    a, b = pair.initiator, pair.responder
+    check = b.authenticator()
+    assert not check(_forged(0)) and not check(b"short")
+    assert b.state is ChannelState.ESTABLISHED and not b._authentic
+    (frame,) = pair.seal(a, b"hello")
+    assert check(frame) and b.open(frame) == b"hello"
+    (frame,) = pair.seal(a, b"world")
+    assert check(frame)
+    tampered = frame[:-1] + bytes([frame[-1] ^ 1])
+    with pytest.raises(DecryptError):
+        b.open(tampered)
+    assert b.state is ChannelState.ERROR
+
+
+# -- how many paths (spec §15.2) ----------------------------------------------------------------
+
+
+def test_paths_are_capped_and_closed_ones_are_forgotten() -> None:
+    """At most max_paths open paths; one more is closed at once with a reason saying why.
+    Closed paths leave the table (a long session's churn must not grow it); the last few
+    stay in paths() for status displays."""
+    cfg = MultipathConfig(max_paths=3)
+    net = Net.make(cfg=cfg)
+    mp = net.a.mp
+    relay = net.add(PathKind.RELAY)
+    d1 = mp.add_path(PathKind.DIRECT, net.now)
+    d2 = mp.add_path(PathKind.DIRECT, net.now)
+    mp.data_to_send()
+    mp.events()
+    d3 = mp.add_path(PathKind.DIRECT, net.now)
+    (refused,) = mp.events()
+    assert isinstance(refused, PathClosed) and refused.path == d3
+    assert "refused" in refused.reason and "3 open paths" in refused.reason
+    assert mp.data_to_send() == []  # no HELLO for it
+    assert mp.receive(d3, b"DSP\x01", net.now) == []
+    assert len(mp._paths) == 3
+    for _ in range(50):  # churn: paths come and go
+        mp.path_lost(d1, net.now)
+        d1 = mp.add_path(PathKind.DIRECT, net.now)
+    assert sorted(mp._paths) == sorted([relay, d1, d2])
+    listed = mp.paths()
+    assert len(listed) <= 2 * cfg.max_paths
+    ids = [int(str(p["id"])) for p in listed]
+    assert ids == sorted(ids)
+    closed = [p for p in listed if p["state"] == "closed"]
+    assert closed and all(p["reason"] for p in closed)
+    assert mp.active == relay and mp.state is MultipathState.OPEN

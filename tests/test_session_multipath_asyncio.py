@@ -14,8 +14,8 @@ from didsession.candidates import Candidate, CandidateType, reusable_tcp_socket
 from didsession.errors import MediationError
 from didsession.relay_transport import MAX_RELAY_FRAME, RelayPath
 from didsession.session import Channel, ChannelState, SessionConfig
-from didsession.session.frame import OVERHEAD
-from didsession.session.multipath import MultipathConfig, PathClosed, PathKind
+from didsession.session.frame import HEADER, OVERHEAD, FrameType, word
+from didsession.session.multipath import MultipathConfig, MultipathState, PathClosed, PathKind
 from didsession.session.multipath_asyncio import (
     MultipathTransport,
     PathListener,
@@ -252,7 +252,8 @@ def test_listener_refuses_a_direct_path_for_a_session_that_has_ended() -> None:
         ends = await _Ends().start()
         mp_a, mp_b, listener = ends.mp_a, ends.mp_b, ends.listener
         ends.ra.pause_reading()  # a does not hear b's CLOSE before it dials
-        mp_b.close()  # ended, but still registered: what the race leaves behind
+        mp_b.close()  # ended (and so unregistered) ...
+        listener.sessions[ends.ch_b.attach_id] = mp_b  # ... but still routed: the race
         await asyncio.sleep(0.05)
         up = await dial_direct(mp_a, None, _host(listener.port), timeout=1.0)
         listener.close()
@@ -345,3 +346,123 @@ def test_a_path_refuses_frames_longer_than_the_negotiated_payload() -> None:
         assert mp.receive(pid, (limit + OVERHEAD - 3).to_bytes(4, "big") + bytes(8), 0.0) == []
         closed = [e for e in mp.events() if isinstance(e, PathClosed)]
         assert closed and "on a multipath path" in closed[0].reason
+
+
+def test_a_forged_frame_on_the_relay_closes_only_the_relay() -> None:
+    """Over real sockets: the "mediator" writes a forged frame with the counter b expects
+    next into the relay while the genuine frames travel on the direct path.  b closes the
+    relay (an event says why), opens every genuine frame once and in order, and the session
+    goes on on the direct path."""
+
+    async def scenario() -> dict[str, Any]:
+        ends = await _Ends().start()
+        ch_a, mp_a, up_b, mp_b = ends.ch_a, ends.mp_a, ends.up_b, ends.mp_b
+        events: list[object] = []
+        mp_b.on_event = events.append
+        assert await dial_direct(mp_a, None, _host(ends.listener.port), timeout=5.0)
+        await asyncio.wait_for(mp_b.direct_up.wait(), 5.0)
+        sent = [b"before %d" % i for i in range(3)]
+        for payload in sent:
+            mp_a.write(ch_a.seal(payload))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(up_b.got) == len(sent):
+                break
+        forged = HEADER.pack(8 + 48, word(FrameType.DATA, 0, len(sent))) + bytes(48)
+        ends.ra.write(forged)  # into the relay, as the mediator could
+        await asyncio.sleep(0.1)
+        more = [b"after %d" % i for i in range(3)]
+        for payload in more:
+            mp_a.write(ch_a.seal(payload))
+        sent += more
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(up_b.got) == len(sent):
+                break
+        result = {
+            "sent": sent,
+            "got": list(up_b.got),
+            "events": events,
+            "state": mp_b.mp.state,
+            "path": mp_b.status()["path"],
+            "channel": ends.ch_b.state,
+        }
+        ends.listener.close()
+        mp_a.close()
+        mp_b.close()
+        await asyncio.sleep(0.05)
+        return result
+
+    result = asyncio.run(scenario())
+    assert result["got"] == result["sent"]
+    assert result["channel"] is ChannelState.ESTABLISHED
+    assert result["state"] is MultipathState.OPEN and result["path"] == "direct"
+    assert [
+        e.kind
+        for e in result["events"]
+        if isinstance(e, PathClosed) and "failed authentication" in e.reason
+    ] == [PathKind.RELAY]
+
+
+def test_a_session_takes_at_most_max_paths() -> None:
+    """One path more than ``max_paths`` (a listener adopts whatever names the session) is
+    closed at once, and reported closed."""
+
+    async def scenario() -> tuple[list[bool], list[str]]:
+        loop = asyncio.get_running_loop()
+        pair = SessionPair.establish()
+        cfg = MultipathConfig(max_paths=2)
+        mpt = MultipathTransport(
+            multipath_for(pair.initiator, now=loop.time(), config=cfg), Upper(pair.initiator)
+        )
+        transports = []
+        others = []
+        for _ in range(3):
+            t, other = await _relay_pair()
+            transports.append(t)
+            others.append(other)
+        mpt.add_path(PathKind.RELAY, transports[0])
+        mpt.add_path(PathKind.DIRECT, transports[1])
+        mpt.add_path(PathKind.DIRECT, transports[2])
+        closing = [t.is_closing() for t in transports]
+        reasons = [str(p.get("reason", "")) for p in mpt.status()["paths"]]
+        mpt.close()
+        for t in transports + others:
+            t.close()
+        await asyncio.sleep(0.01)
+        return closing, reasons
+
+    closing, reasons = asyncio.run(scenario())
+    assert closing == [False, False, True]
+    assert "refused" in reasons[2] and "2 open paths" in reasons[2]
+
+
+def test_a_session_that_ends_leaves_the_listener() -> None:
+    """A closed session, and one whose paths are all gone, is unregistered from the
+    listener (it kept every session of a long-running process before); a session that has
+    ended is not registered again."""
+
+    async def scenario() -> list[bool]:
+        ends = await _Ends().start()
+        attach_id = ends.ch_a.attach_id  # (both ends of a session share it)
+        listener_b = ends.listener  # b's process; b is registered already
+        listener_a = PathListener()  # a's process (not listening: routing is what counts)
+        listener_a.register(attach_id, ends.mp_a)
+        seen = [attach_id in listener_b.sessions, attach_id in listener_a.sessions]
+        ends.mp_b.close()  # closed by its owner
+        seen.append(attach_id in listener_b.sessions)
+        ends.ra.abort()  # a's only path is gone: a's session is lost
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if ends.up_a.lost:
+                break
+        seen.append(ends.mp_a.mp.state is MultipathState.LOST)
+        seen.append(attach_id in listener_a.sessions)
+        listener_a.register(attach_id, ends.mp_a)
+        seen.append(attach_id in listener_a.sessions)
+        listener_b.close()
+        ends.mp_a.close()
+        await asyncio.sleep(0.05)
+        return seen
+
+    assert asyncio.run(scenario()) == [True, True, False, True, False, False]

@@ -34,11 +34,21 @@ States (``ChannelState``) and the transition table ``_TRANSITIONS``::
 A tampered, replayed or foreign frame is fatal on a STREAM path (the peer or the network
 broke the stream, as in TLS) but only drops that datagram on a DATAGRAM path (anyone can
 spoof a datagram; spec §6.5): the error is raised and the channel stays ESTABLISHED.
+
+Several paths (spec §15.5): the multipath layer below the channel merges its paths by the
+frames' counters, so it must know a frame is the peer's before the frame counts, or a
+party on one path could displace a genuine frame with a forged one and fail the session.
+``authenticator()`` gives it that check: it decrypts each frame once, never raises and
+never touches the channel's state, and keeps the plaintext (``_authentic``, by header
+word) for the ``open`` of the same bytes, which the layer above makes later and which then
+only checks order.  So nothing is decrypted twice, and a frame that fails the check costs
+only the path it came on.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from enum import Enum
 
 from cryptography.exceptions import InvalidTag
@@ -123,6 +133,7 @@ class _Input(Enum):
 
 
 _S = ChannelState
+_ESTABLISHED = ChannelState.ESTABLISHED
 _TRANSITIONS: dict[tuple[ChannelState, _Input], ChannelState] = {
     (_S.ESTABLISHED, _Input.SEAL): _S.ESTABLISHED,
     (_S.ESTABLISHED, _Input.FRAME): _S.ESTABLISHED,
@@ -153,6 +164,7 @@ class Channel:
     """
 
     __slots__ = (
+        "_authentic",
         "_events",
         "_grace",
         "_ids",
@@ -259,6 +271,8 @@ class Channel:
         # Replay window (spec §6.5): slot c mod W holds the header word of the newest frame
         # accepted with a counter = c mod W; -1 masks to a counter no frame can carry.
         self._seen: list[int] = [-1] * REPLAY_WINDOW
+        # Plaintexts of frames an authenticator() passed, by header word: (frame, plaintext).
+        self._authentic: dict[int, tuple[bytes, bytes]] = {}
         self._recompute_gate()
 
     # -- properties ------------------------------------------------------------------
@@ -363,6 +377,9 @@ class Channel:
                 :class:`~didsession.session.frame.FrameDecoder`; on DATAGRAM paths one
                 datagram.
 
+        A frame that an :meth:`authenticator` passed is not decrypted again: its plaintext
+        was kept (for exactly these bytes).
+
         Returns:
             The payload of a DATA frame, or ``None`` if a CONTROL frame was consumed (its
             events are available from :meth:`events`, its replies from :meth:`data_to_send`).
@@ -381,10 +398,14 @@ class Channel:
         if w == self._rx_w:
             if self._stream:
                 if first == len(frame) - 4:
-                    try:
-                        payload = self._rx_decrypt(frame[:12], frame[12:], None)
-                    except InvalidTag:
-                        raise self._fail(DecryptError("frame failed authentication")) from None
+                    authentic = self._authentic
+                    if authentic and (entry := authentic.pop(w, None)) and entry[0] == frame:
+                        payload = entry[1]  # the multipath layer's check decrypted it
+                    else:
+                        try:
+                            payload = self._rx_decrypt(frame[:12], frame[12:], None)
+                        except InvalidTag:
+                            raise self._fail(DecryptError("frame failed authentication")) from None
                     self._rx_w = w + 1
                     return payload
             elif first == self._rx_tag:
@@ -413,6 +434,30 @@ class Channel:
         if payload is not None:
             events.append(MessageReceived(payload))
         return events
+
+    def authenticator(self) -> Callable[[bytes], bool]:
+        """A check that a stream frame is the peer's, for a layer below the channel that
+        merges several paths by counter and must not let a forged frame count (spec §15.5).
+
+        The check takes one whole frame (``u32 L`` included) whose counter is the next one
+        it has not passed yet, or a later one; it returns whether the frame authenticates
+        under the key of its epoch (the current one or up to ``MAX_EPOCH_SKIP`` later).  It
+        never raises and never changes the channel's state: a frame that fails costs only
+        the path it came on.  The frames it passes must reach :meth:`open` unchanged and in
+        counter order; ``open`` then does not decrypt them again.  A frame passed ahead of
+        its turn is passed again when its turn comes (without a second decryption), so
+        that the check follows the peer's key updates.
+
+        Returns:
+            The check, starting at the next frame this channel expects
+            (:attr:`frames_received`).
+
+        Raises:
+            LocalProtocolError: a datagram channel (each datagram is checked on its own).
+        """
+        if not self._stream:
+            raise LocalProtocolError("only a stream channel runs over several paths")
+        return _Authenticator(self).check
 
     def events(self) -> list[Event]:
         """Drain the events queued by :meth:`open`, :meth:`seal` and the timers."""
@@ -507,6 +552,7 @@ class Channel:
         if self._state is not ChannelState.ESTABLISHED:
             self._tx_gate = -1
             self._rx_w = -1
+            self._authentic.clear()  # nothing is opened any more
 
     def _require(self, event: _Input) -> None:
         if (self._state, event) not in _TRANSITIONS:
@@ -595,7 +641,11 @@ class Channel:
             raise FrameError("frame length does not match its length field")
         if header.epoch_bits != self._rx_epoch & 0x0F:
             raise DecryptError(f"no key for epoch {header.epoch_bits} (mod 16)")
-        payload = _decrypt(self._rx_aead, frame)
+        entry = self._authentic.pop(_unpack_from(frame)[1], None) if self._authentic else None
+        if entry is not None and entry[0] == frame:
+            payload = entry[1]  # the multipath layer's check decrypted it
+        else:
+            payload = _decrypt(self._rx_aead, frame)
         expected = self._rx_w & COUNTER_MASK
         if header.counter < expected:
             raise ReplayError(f"frame {header.counter} replayed (expected {expected})")
@@ -677,6 +727,92 @@ class Channel:
             return
         self._transition(_Input.PEER_CLOSE)
         self._events.append(SessionClosed(control.code, by_peer=True))
+
+
+class _Authenticator:
+    """:meth:`Channel.authenticator`'s check.  It keeps its own receive frontier (the next
+    counter, and the epoch of the last frame it passed in order, with its key), ahead of
+    the channel's, which moves only when the layer above opens the frames; and the keys of
+    up to ``MAX_EPOCH_SKIP`` later epochs, derived once (as on datagram paths, spec §8.3),
+    for the frame after a KEY_UPDATE and for frames ahead of their turn.  Whether a frame
+    it passes keeps the rules of §8.3 (its epoch, its order) is for ``open`` to decide: a
+    frame that authenticates is the peer's, and what the peer breaks is fatal."""
+
+    __slots__ = ("_ahead", "_authentic", "_channel", "_decrypt", "_epoch", "_keys", "_w")
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._authentic = channel._authentic
+        self._epoch = channel._rx_epoch
+        # _keys[i]: (secret, AEAD) of epoch _epoch + i.
+        self._keys: list[tuple[bytes, _AEAD]] = [(channel._rx_secret, channel._rx_aead)]
+        self._decrypt = channel._rx_aead.decrypt
+        # The word the next in-order DATA frame carries (the channel's _rx_w, but ours).
+        self._w = word(_DATA, self._epoch, channel._rx_w & COUNTER_MASK)
+        # Frames passed ahead of their turn: counter -> (frame, plaintext, absolute epoch).
+        self._ahead: dict[int, tuple[bytes, bytes, int]] = {}
+
+    def check(self, frame: bytes) -> bool:
+        """See :meth:`Channel.authenticator`."""
+        try:
+            first, w = _unpack_from(frame)
+        except struct.error:
+            return False
+        # Hot path: the next DATA frame of the current epoch, nothing passed ahead.  (A
+        # length field that does not match fails as any other change would: it is in the
+        # nonce, spec §6.2.)
+        if w == self._w and not self._ahead:
+            try:
+                payload = self._decrypt(frame[:12], frame[12:], None)
+            except InvalidTag:
+                return False
+            self._w = w + 1
+            if self._channel._state is _ESTABLISHED:
+                self._authentic[w] = (frame, payload)
+            return True
+        return self._check_slow(frame, first, w)
+
+    def _check_slow(self, frame: bytes, first: int, w: int) -> bool:
+        flags = w >> 56
+        if first != len(frame) - 4 or len(frame) < OVERHEAD or flags & 0xE0:
+            return False  # the peer never sends that (reserved flag bits, spec §6.2)
+        counter = w & COUNTER_MASK
+        nxt = self._w & COUNTER_MASK
+        if counter < nxt:
+            return False  # passed already: a duplicate is the multipath layer's to drop
+        ahead = self._ahead.pop(counter, None) if counter == nxt else None
+        if ahead is not None and ahead[0] == frame:
+            plaintext, epoch = ahead[1], ahead[2]
+        else:
+            skip = ((flags & 0x0F) - self._epoch) & 0x0F
+            if skip > MAX_EPOCH_SKIP:
+                return False  # no key: an older epoch, or too far ahead to derive one
+            try:
+                plaintext = self._key(skip).decrypt(frame[:12], frame[12:], None)
+            except InvalidTag:
+                return False
+            epoch = self._epoch + skip
+            if counter > nxt:
+                self._ahead[counter] = (frame, plaintext, epoch)
+                return True
+        # Its turn: the frontier moves past it, and into its epoch (the frame after a
+        # KEY_UPDATE comes here once, with the next epoch's bits).
+        if epoch > self._epoch:
+            self._key(epoch - self._epoch)
+            del self._keys[: epoch - self._epoch]
+            self._epoch = epoch
+            self._decrypt = self._keys[0][1].decrypt
+        self._w = word(_DATA, self._epoch, counter + 1)
+        if self._channel._state is _ESTABLISHED:
+            self._authentic[w] = (frame, plaintext)
+        return True
+
+    def _key(self, skip: int) -> _AEAD:
+        keys = self._keys
+        while len(keys) <= skip:
+            secret = next_traffic_secret(keys[-1][0])
+            keys.append((secret, make_aead(self._channel._suite, traffic_key(secret))))
+        return keys[skip][1]
 
 
 def _decrypt(aead: _AEAD, frame: bytes) -> bytes:

@@ -5,8 +5,10 @@ Theory of operation
 A session's frames carry one counter per direction (spec §6.2), continuous across key
 epochs.  That counter is all a receiver needs to merge several paths into one ordered
 stream, so :class:`Multipath` sits *below* the :class:`~didsession.session.Channel`: it
-never decrypts, it moves the channel's sealed stream frames over whichever path is best
-and hands the receiving channel its peer's frames in counter order, each exactly once.
+moves the channel's sealed stream frames over whichever path is best and hands the
+receiving channel its peer's frames in counter order, each exactly once.  It holds no
+keys: the channel's :meth:`~didsession.session.Channel.authenticator` is injected to tell
+it whether a frame is the peer's before the frame counts.
 
 * **Paths** (``PathKind``): the mediator's relay, where a session starts at once, and
   direct TCP connections found from the candidates of the handshake.  A direct path is
@@ -25,6 +27,18 @@ and hands the receiving channel its peer's frames in counter order, each exactly
 * **Liveness**: every verified path is pinged every ``ping_interval``; the answer gives its
   RTT.  A path that received nothing for ``dead_after`` seconds while a ping is
   outstanding is dead.
+* **Forged frames** (spec §15.5): whoever can write into one path (the mediator on the
+  relay, anyone on the route of a TCP path) can put frames with any counter in it.  Counted
+  unchecked, a forged frame with the next counter would make the genuine one a "duplicate"
+  and fail the channel, and forged later counters would fill the reorder buffer: one bad
+  path would end a session that another path could carry.  So a frame counts (next or
+  later) only once the authenticator passed it; one that fails closes the path it came on,
+  as a failed path check does, and the session goes on over the others.  Duplicates are
+  dropped unchecked (they change nothing but an ACK).  The check decrypts; the channel
+  keeps the plaintext for its ``open``, so no frame is decrypted twice.
+* **At most** ``max_paths`` paths are open at once (a listener takes any connection that
+  names the session); one more is closed at once.  Closed paths are forgotten, but for the
+  last few, which :meth:`Multipath.paths` still reports with why they closed.
 * **Closing** (``MultipathState``: OPEN --close()--> CLOSING; OPEN or CLOSING --no path
   left--> LOST): the session's CLOSE is its last frame, and it is retained like any other.
   Closing the paths while it is still in flight (a lost TCP segment being retransmitted)
@@ -162,6 +176,7 @@ class MultipathConfig:
     max_retained: int = 32 << 20
     max_reorder: int = 32 << 20
     max_frame: int = (1 << 24) + OVERHEAD
+    max_paths: int = 8  # open (checking or verified) at once
 
 
 @dataclass(slots=True)
@@ -213,6 +228,10 @@ class Multipath:
         now: current time.
         config: tuning.
         rand: randomness for path-check nonces.
+        authenticate: whether a frame is the peer's (the channel's
+            :meth:`~didsession.session.Channel.authenticator`, starting at ``rx_next``).
+            Without it counters are trusted, and a forged frame on any path fails the
+            channel: only for a layer that has a single path.
     """
 
     def __init__(
@@ -225,6 +244,7 @@ class Multipath:
         now: float,
         config: MultipathConfig | None = None,
         rand: Callable[[int], bytes] = os.urandom,
+        authenticate: Callable[[bytes], bool] | None = None,
     ) -> None:
         if len(attach_id) != _ATTACH:
             raise LocalProtocolError("attach id must be 16 bytes")
@@ -235,7 +255,8 @@ class Multipath:
         self._rand = rand
         self._now = now
         self.state = MultipathState.OPEN
-        self._paths: dict[int, _Path] = {}
+        self._paths: dict[int, _Path] = {}  # open paths (CHECKING or VERIFIED)
+        self._closed: deque[_Path] = deque(maxlen=self._cfg.max_paths)  # for paths()
         self._next_id = 0
         self.active: int = -1
         self._outbox: list[tuple[int, bytes]] = []
@@ -247,7 +268,8 @@ class Multipath:
         self._dropped_to = 0  # retained frames below this were dropped (over the limit)
         # Receiving side.
         self._rx_next = rx_next
-        self._reorder: dict[int, bytes] = {}
+        self._auth = authenticate
+        self._reorder: dict[int, bytes] = {}  # authentic frames ahead of _rx_next
         self._reorder_bytes = 0
         self._unacked_frames = 0
         self._unacked_bytes = 0
@@ -275,6 +297,11 @@ class Multipath:
         self._next_id += 1
         path = _Path(pid, kind, PathState.CHECKING, dict(info), now, last_rx=now)
         path.heard = not quiet
+        if len(self._paths) >= self._cfg.max_paths:
+            # Refused like a failed check: an event, never an exception (anyone can connect).
+            self._closed.append(path)
+            self._close_path(path, f"refused: this session has {len(self._paths)} open paths")
+            return pid
         self._paths[pid] = path
         if kind is PathKind.RELAY:
             self._verified(path, now)
@@ -287,7 +314,7 @@ class Multipath:
         """The path's connection is gone."""
         self._now = now
         path = self._paths.get(pid)
-        if path is not None and path.state is not PathState.CLOSED:
+        if path is not None:
             self._close_path(path, reason)
 
     def close_path(self, pid: int, now: float, reason: str = "closed") -> None:
@@ -295,9 +322,10 @@ class Multipath:
         self.path_lost(pid, now, reason)
 
     def paths(self) -> list[dict[str, object]]:
-        """What each path is doing (for status displays)."""
+        """What each path is doing (for status displays): the open ones and the last
+        ``max_paths`` closed ones, by id."""
         out = []
-        for p in self._paths.values():
+        for p in sorted([*self._paths.values(), *self._closed], key=lambda p: p.id):
             out.append(
                 {
                     "id": p.id,
@@ -370,43 +398,49 @@ class Multipath:
     # -- receiving ---------------------------------------------------------------------------
 
     def receive(self, pid: int, data: bytes, now: float) -> list[bytes]:
-        """Bytes from path ``pid``: returns the session frames to open, in counter order.
+        """Bytes from path ``pid``: returns the session frames to open, in counter order
+        (each passed by the authenticator, spec §15.5).
 
-        Path-check failures and malformed bytes close that path (an event says why); they
-        never raise, since anyone can connect to a listener.
+        Path-check failures, malformed bytes and frames that fail authentication close that
+        path (an event says why); they never raise, since anyone can connect to a listener
+        and anyone on a path's route can write into it.
 
         Raises:
-            RemoteProtocolError: the peer's frames overflow the reorder buffer.
+            RemoteProtocolError: the peer's (authentic) frames overflow the reorder buffer.
         """
         path = self._paths.get(pid)
-        if path is None or path.state is PathState.CLOSED:
-            return []
+        if path is None:
+            return []  # closed (or never ours)
         path.last_rx = now
         path.bytes_in += len(data)
         path.heard = True
+        self._now = now
         if path.state is PathState.VERIFIED and not path.buf:
             n = len(data)
             if n >= OVERHEAD:
                 length, w = _HDR_U32_U64.unpack_from(data)
                 if length + 4 == n and (w & COUNTER_MASK) == self._rx_next:
+                    auth = self._auth
+                    if auth is not None and not auth(data):
+                        self._close_path(path, _forged(self._rx_next))
+                        return []
                     self._rx_next += 1
-                    self._now = now
                     self._count_delivery(n)
                     if self._reorder:
                         return self._drain_reorder([data])
                     return [data]
-        self._now = now
         path.buf += data
+        out: list[bytes] = []
         try:
             if path.state is PathState.CHECKING and not self._check(path):
-                return []
-            return self._split(path)
+                return out
+            self._split(path, out)
         except FrameError as exc:
+            # (Frames in ``out`` counted already: they are delivered all the same.)
             self._close_path(path, exc.message)
-            return []
+        return out
 
-    def _split(self, path: _Path) -> list[bytes]:
-        out: list[bytes] = []
+    def _split(self, path: _Path, out: list[bytes]) -> None:
         buf = path.buf
         pos = 0
         end = len(buf)
@@ -431,18 +465,24 @@ class Multipath:
             (w,) = _U64.unpack_from(frame, 4)
             self._accept_frame(w & COUNTER_MASK, frame, out)
         del buf[:pos]
-        return out
 
     def _accept_frame(self, counter: int, frame: bytes, out: list[bytes]) -> None:
         nxt = self._rx_next
+        auth = self._auth
         if counter == nxt:
+            if auth is not None and not auth(frame):
+                raise FrameError(_forged(counter))
             self._rx_next = nxt + 1
             self._count_delivery(len(frame))
             out.append(frame)
             if self._reorder:
                 self._drain_reorder(out)
         elif counter > nxt:
+            # A copy of a frame that waits already is a duplicate or a forgery: the one
+            # that waits is authentic, so this one is dropped either way.
             if counter not in self._reorder:
+                if auth is not None and not auth(frame):
+                    raise FrameError(_forged(counter))
                 self._reorder[counter] = frame
                 self._reorder_bytes += len(frame)
                 if self._reorder_bytes > self._cfg.max_reorder:
@@ -461,7 +501,12 @@ class Multipath:
 
     def _drain_reorder(self, out: list[bytes]) -> list[bytes]:
         reorder = self._reorder
+        auth = self._auth
         while (frame := reorder.pop(self._rx_next, None)) is not None:
+            if auth is not None:
+                # Passed when it arrived; passed again in its turn (no second decryption)
+                # so that the check moves past it and follows the peer's key updates.
+                auth(frame)
             self._reorder_bytes -= len(frame)
             self._rx_next += 1
             self._count_delivery(len(frame))
@@ -573,6 +618,8 @@ class Multipath:
         path.state = PathState.CLOSED
         path.reason = reason
         path.buf.clear()
+        if self._paths.pop(path.id, None) is not None:
+            self._closed.append(path)
         self._events.append(PathClosed(path.id, path.kind, reason))
         if path.id != self.active:
             return
@@ -640,8 +687,6 @@ class Multipath:
             return None
         when = self._ack_due
         for p in self._paths.values():
-            if p.state is PathState.CLOSED:
-                continue
             if p.state is PathState.CHECKING:
                 t = p.opened + self._cfg.check_timeout
             elif p.ping_sent is not None:
@@ -688,6 +733,10 @@ class Multipath:
         """Drain the events since the last call."""
         out, self._events = self._events, []
         return out
+
+
+def _forged(counter: int) -> str:
+    return f"frame {counter} failed authentication (forged on this path?)"
 
 
 def _last_word(frames: bytes) -> int:

@@ -68,7 +68,8 @@ def multipath_for(
 ) -> Multipath:
     """The multipath core of an established channel, taking over after the frames the
     channel already received on the handshake path.  Frames longer than the payload this
-    party accepts (its ``max_payload``, spec §6.4) are refused before they are buffered."""
+    party accepts (its ``max_payload``, spec §6.4) are refused before they are buffered;
+    the channel's authenticator checks every frame before it counts (spec §15.5)."""
     config = config or MultipathConfig()
     own = (
         channel.params.initiator_max_payload
@@ -83,6 +84,7 @@ def multipath_for(
         rx_next=channel.frames_received,
         now=now,
         config=config,
+        authenticate=channel.authenticator(),
     )
 
 
@@ -154,6 +156,9 @@ class MultipathTransport(asyncio.Transport):
         self._timer: asyncio.TimerHandle | None = self._loop.call_later(TICK, self._tick)
         self.direct_up = asyncio.Event()
         self.stats = {"bytes_sent": 0, "bytes_received": 0}
+        # Listeners that route connections to this session, as (listener, attach id): told
+        # when it ends (see _ended()).
+        self._listeners: list[tuple[PathListener, bytes]] = []
 
     # -- paths -----------------------------------------------------------------------
 
@@ -244,7 +249,7 @@ class MultipathTransport(asyncio.Transport):
             elif isinstance(event, PathActivated):
                 if event.kind is PathKind.DIRECT:
                     self.direct_up.set()
-                info = self.mp.paths()[event.path]
+                info = next((p for p in self.mp.paths() if p["id"] == event.path), {})
                 where = f" {info.get('local', '?')} -> {info.get('remote', '?')}"
                 log.info(
                     f"didsession: session with {self.label} now on the {event.kind.value} path"
@@ -305,6 +310,7 @@ class MultipathTransport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
+        self._ended()
         for task in list(self._tasks):
             task.cancel()
         self.mp.close(self._loop.time())
@@ -363,9 +369,22 @@ class MultipathTransport(asyncio.Transport):
         self.close()
 
     def _connection_lost(self, exc: Exception | None) -> None:
+        self._ended()
         if not self._lost:
             self._lost = True
             self._upper.connection_lost(exc)
+
+    @property
+    def ended(self) -> bool:
+        """Whether the session takes no new path: closing, or every path is gone."""
+        return self._closing or self._lost
+
+    def _ended(self) -> None:
+        """The session takes no new path: leave the listeners (they would route a late
+        connection to it, and keep it alive)."""
+        listeners, self._listeners = self._listeners, []
+        for listener, attach_id in listeners:
+            listener.unregister(attach_id, self)
 
     def get_write_buffer_size(self) -> int:
         transport = self._transports.get(self.mp.active)
@@ -461,7 +480,8 @@ class _Unnamed(asyncio.Protocol):
 class PathListener:
     """One TCP listener for the direct paths of every session of this process: each
     connection is routed by the attach id its path check starts with (a connection naming
-    no live session is closed; the check itself happens in the session's core)."""
+    no live session is closed; the check itself happens in the session's core).  A session
+    is routed from :meth:`register` until it ends (closes or loses every path)."""
 
     def __init__(self) -> None:
         self.sessions: dict[bytes, MultipathTransport] = {}
@@ -478,10 +498,17 @@ class PathListener:
         self._server = await type(loop).create_server(loop, lambda: _Unnamed(self), sock=sock)
 
     def register(self, attach_id: bytes, transport: MultipathTransport) -> None:
+        """Route connections naming ``attach_id`` to ``transport``, until it ends (it
+        unregisters itself then)."""
+        if transport.ended:
+            return
         self.sessions[attach_id] = transport
+        transport._listeners.append((self, attach_id))
 
-    def unregister(self, attach_id: bytes) -> None:
-        self.sessions.pop(attach_id, None)
+    def unregister(self, attach_id: bytes, transport: MultipathTransport | None = None) -> None:
+        """Stop routing ``attach_id`` (only if it still routes to ``transport``, if given)."""
+        if transport is None or self.sessions.get(attach_id) is transport:
+            self.sessions.pop(attach_id, None)
 
     def close(self) -> None:
         if self._server is not None:
