@@ -96,7 +96,11 @@ def open_store(config: MediatorConfig) -> MessageStore:
     """The store the configuration names (not yet opened)."""
     if config.store_backend == "redis":
         return RedisStore(config.store_redis_url, prefix=config.store_redis_prefix)
-    return SqliteStore(config.sqlite_path, synchronous=config.store_synchronous)
+    return SqliteStore(
+        config.sqlite_path,
+        synchronous=config.store_synchronous,
+        own_folder=config.store_path is None,  # DATA_DIR, not a folder the operator named
+    )
 
 
 # -- cleanup contexts ----------------------------------------------------------------------

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["JsonFormatter", "configure_logging", "short_did"]
+__all__ = ["JsonFormatter", "LogThrottle", "configure_logging", "short_did"]
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -23,6 +23,38 @@ def short_did(did: str | None) -> str | None:
     if did is None or len(did) <= 40:
         return did
     return did[:24] + "…" + did[-12:]
+
+
+class LogThrottle:
+    """At most one log line per ``interval`` seconds for each key, counting those held back.
+
+    For lines a stranger can cause at will (a refusal at a mediator-wide limit): one line
+    an interval is all the operator needs, and the count says how hard it was pressed.
+
+    Args:
+        interval: seconds between two lines of one key.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def note(self, key: str, now: float) -> int | None:
+        """One more event of ``key`` at ``now`` (seconds, any clock).
+
+        Returns:
+            None if its line is held back; else how many events the line to log now stands
+            for: this one and those held back since the key's last line.
+        """
+        count = self._held.get(key, 0) + 1
+        last = self._last.get(key)
+        if last is not None and 0 <= now - last < self.interval:
+            self._held[key] = count
+            return None
+        self._last[key] = now
+        self._held[key] = 0
+        return count
 
 
 class JsonFormatter(logging.Formatter):

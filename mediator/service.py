@@ -25,7 +25,7 @@ from didsession.errors import DIDError, EnvelopeError, MediationError
 from mediator.config import MediatorConfig
 from mediator.identity import MediatorIdentity
 from mediator.live import Connection, LiveHub
-from mediator.logs import short_did
+from mediator.logs import LogThrottle, short_did
 from mediator.metrics import Metrics
 from mediator.protocols import coordinate, discover_features, pickup, routing, trust_ping
 from mediator.protocols.coordinate import KeylistResult
@@ -51,6 +51,9 @@ from mediator.store.base import Limits, MessageStore, Queued, StorageFull
 __all__ = ["Mediator", "Reply"]
 
 log = logging.getLogger("mediator")
+
+# Seconds between two log lines about refusals at one mediator-wide limit.
+REFUSAL_LOG_INTERVAL = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,9 @@ class Mediator:
             max_total_messages=config.queue_max_total_messages,
             max_total_bytes=config.queue_max_total_bytes,
         )
+        # A stranger gets refused at a mediator-wide limit as often as it sends: one line
+        # a minute per limit, saying how many were refused since the last.
+        self._refusals = LogThrottle(REFUSAL_LOG_INTERVAL)
 
     # -- entry point -----------------------------------------------------------------
     async def handle(self, data: bytes, conn: Connection | None) -> Reply | None:
@@ -130,8 +136,10 @@ class Mediator:
                 "sender": short_did(sender),
             }
             if isinstance(exc, StorageFull):  # the operator's business: a warning, and which
-                facts.update(limit=exc.limit, maximum=exc.maximum)
-                log.warning("request refused: mediator-wide limit reached", extra=facts)
+                refused = self._refusals.note(exc.limit, self.clock())
+                if refused is not None:
+                    facts.update(limit=exc.limit, maximum=exc.maximum, refused=refused)
+                    log.warning("request refused: mediator-wide limit reached", extra=facts)
             else:
                 log.info("request refused", extra=facts)
             report = problem_report(

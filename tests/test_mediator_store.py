@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -378,10 +379,10 @@ async def forget_the_counters(store: MessageStore) -> None:
     r = aioredis.Redis.from_url(store.url)
     try:
         p = store.prefix
-        gone = [f"{p}bytes_total", f"{p}schema"]
+        gone = [f"{p}bytes_sum", f"{p}bytes_counted", f"{p}schema"]
         gone += [k.decode() async for k in r.scan_iter(match=f"{glob_escape(p)}qr:*")]
         gone += [k.decode() async for k in r.scan_iter(match=f"{glob_escape(p)}rbytes:*")]
-        assert len(gone) == 6 and await r.delete(*gone) == 6
+        assert len(gone) == 7 and await r.delete(*gone) == 7
     finally:
         await r.aclose()
 
@@ -442,10 +443,12 @@ def test_sqlite_files_of_an_earlier_version_are_made_owner_only(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A database (and its -wal, -shm) made 0644 by an earlier version is narrowed to 0600
-    on open, with one log line; a file that was 0600 already is not mentioned."""
-    path = tmp_path / "old.sqlite3"
+    on open, and the folder it is in (mkdir's mode is ignored for one that exists) to
+    0700, with one log line; a file that was 0600 already is not mentioned."""
+    path = tmp_path / "data" / "old.sqlite3"
     old = os.umask(0o022)
     try:
+        path.parent.mkdir()
         db = sqlite3.connect(path)  # as an earlier version left it: the umask's mode
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("CREATE TABLE t (x)")
@@ -460,6 +463,7 @@ def test_sqlite_files_of_an_earlier_version_are_made_owner_only(
                 await store.grant(OWNER, 1.0, LIMITS)
                 modes = {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in files}
                 assert modes == {f.name: "0o600" for f in files}
+                assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
             finally:
                 await store.close()
             again = SqliteStore(path)
@@ -474,5 +478,258 @@ def test_sqlite_files_of_an_earlier_version_are_made_owner_only(
     said = [r for r in caplog.records if "mode 0600" in r.getMessage()]
     assert len(said) == 1
     assert said[0].__dict__["files"] == (
-        "old.sqlite3 0644, old.sqlite3-wal 0644, old.sqlite3-shm 0644"
+        "data/ 0755, old.sqlite3 0644, old.sqlite3-wal 0644, old.sqlite3-shm 0644"
     )
+    assert not [r for r in caplog.records if "left as they are" in r.getMessage()]
+
+
+def test_sqlite_mode_check_follows_no_symbolic_link(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A -shm that is a symbolic link to a file of ours elsewhere: the check opens it without
+    following (no stat-then-chmod by path), so the file it points to keeps its mode, and
+    the link is named in a warning."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    victim = elsewhere / "notes.txt"
+    victim.write_text("not the mediator's\n")
+    victim.chmod(0o644)
+    path = tmp_path / "data" / "m.sqlite3"
+    path.parent.mkdir(mode=0o700)
+    Path(f"{path}-shm").symlink_to(victim)
+
+    async def main() -> None:
+        store = SqliteStore(path)
+        with contextlib.suppress(ConfigError):  # whatever SQLite makes of such a -shm
+            await store.open()
+        await store.close()
+
+    with caplog.at_level(logging.WARNING, logger="mediator.store"):
+        run(main())
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644
+    said = [r for r in caplog.records if "left as they are" in r.getMessage()]
+    assert [r.__dict__["files"] for r in said] == ["m.sqlite3-shm a symbolic link, not followed"]
+
+
+def test_sqlite_files_of_another_user_readable_by_others_are_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files the mediator does not own, that others may read, are not changed (chmod would
+    fail) but named in one warning, not skipped in silence; so is neither the folder."""
+    path = tmp_path / "data" / "m.sqlite3"
+    path.parent.mkdir(mode=0o755)
+    path.parent.chmod(0o755)
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE t (x)")
+    db.commit()
+    db.close()
+    path.chmod(0o644)
+    monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 1)  # as if another user's
+
+    async def main() -> None:
+        store = SqliteStore(path)
+        await store.open()
+        await store.close()
+
+    with caplog.at_level(logging.WARNING, logger="mediator.store"):
+        run(main())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o755
+    said = [r for r in caplog.records if "left as they are" in r.getMessage()]
+    assert [r.__dict__["files"] for r in said] == [f"m.sqlite3 0644 owned by uid {os.getuid()}"]
+    assert not [r for r in caplog.records if "now owner-only" in r.getMessage()]
+
+
+class EarlierInstance:
+    """What a mediator of the version before the per-recipient index (16e63e6^) does to a
+    Redis store: its enqueue and delete scripts, as plain commands.  It keeps ``q:``,
+    ``m:``, ``exp``, ``bytes`` and ``seq``, and knows nothing of ``qr:``, ``rbytes:`` or
+    the byte total."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.p = store.prefix
+        self.r = aioredis.Redis.from_url(store.url)
+
+    async def enqueue(self, owner: str, rcpt: str, data: bytes, *, now: float, exp: float) -> str:
+        msg_id = os.urandom(16).hex()
+        seq = await self.r.incr(f"{self.p}seq")
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.zadd(f"{self.p}q:{owner}", {msg_id: seq})
+            pipe.hset(
+                f"{self.p}m:{msg_id}",
+                mapping={"owner": owner, "rcpt": rcpt, "data": data, "recv": now, "exp": exp},
+            )
+            pipe.zadd(f"{self.p}exp", {msg_id: exp})
+            pipe.hincrby(f"{self.p}bytes", owner, len(data))
+            await pipe.execute()
+        return msg_id
+
+    async def delete(self, owner: str, ids: list[str]) -> None:
+        for msg_id in ids:
+            size = await self.r.hstrlen(f"{self.p}m:{msg_id}", "data")
+            async with self.r.pipeline(transaction=True) as pipe:
+                pipe.delete(f"{self.p}m:{msg_id}")
+                pipe.zrem(f"{self.p}q:{owner}", msg_id)
+                pipe.zrem(f"{self.p}exp", msg_id)
+                pipe.hincrby(f"{self.p}bytes", owner, -size)
+                await pipe.execute()
+
+    async def close(self) -> None:
+        await self.r.aclose()
+
+
+def test_redis_repairs_what_an_earlier_version_running_alongside_leaves(
+    redis_server: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rolling upgrade, or a downgrade and upgrade again: an instance of the earlier
+    version deletes messages this one indexed by recipient and enqueues messages it does
+    not index or count.  status and fetch repair ids whose message is gone at once (even
+    more than 1000 of them ahead of a live one); the expiry sweep's repair pass indexes and
+    counts the rest, so scoped status and fetch see every message and the byte total is
+    right both ways again."""
+
+    async def main() -> None:
+        T = time.time()
+        store = RedisStore(redis_server.url, prefix="rolling:")
+        await store.open()
+        old = EarlierInstance(store)
+        caps = Limits(max_messages=5000, max_total_bytes=5000)
+        try:
+
+            def put(owner: str, rcpt: str, data: bytes, limits: Limits = caps) -> Awaitable[Queued]:
+                return store.enqueue(owner, rcpt, data, now=T, expires=T + 99, limits=limits)
+
+            for did in (OWNER, OTHER):
+                await store.grant(did, T, caps)
+            # OWNER: 1001 messages for R1, picked up through the earlier instance, then one
+            # more: 1001 ids ahead of it whose message is gone.
+            gone = [(await put(OWNER, R1, b"g")).id for _ in range(1001)]
+            keep = await put(OWNER, R1, b"keep")
+            await old.delete(OWNER, gone)
+            assert [m.id for m in await store.fetch(OWNER, R1, 10, 10**6, T)] == [keep.id]
+            status = await store.status(OWNER, R1, T)
+            assert (status.message_count, status.total_bytes) == (1, 4)
+            assert await store.totals() == (1, 4)  # the 1001 bytes deleted are out of the sum
+
+            # OTHER: a live message, one deleted behind it (out of reach of status's look at
+            # the ends), one enqueued by the earlier instance.
+            a1 = await put(OTHER, R1, b"a1")
+            a2 = await put(OTHER, R1, b"a2..")
+            a3 = await put(OTHER, R1, b"a3")
+            await old.delete(OTHER, [a2.id])
+            theirs = await old.enqueue(OTHER, R2, b"theirs", now=T, exp=T + 99)
+            assert (await store.status(OTHER, R1, T)).message_count == 3  # not yet seen
+            assert await store.totals() == (4, 12)  # 2 + 4 + 2, not 4 + 2 + 2 + 6
+
+            with caplog.at_level(logging.WARNING, logger="mediator.store"):
+                assert await store.expire(T) == 0
+            assert [r.__dict__["fixes"] for r in caplog.records if "repaired" in r.message]
+            status = await store.status(OTHER, R1, T)
+            assert (status.message_count, status.total_bytes) == (2, 4)
+            status = await store.status(OTHER, R2, T)
+            assert (status.message_count, status.total_bytes) == (1, 6)
+            assert [m.id for m in await store.fetch(OTHER, R2, 10, 10**6, T)] == [theirs]
+            assert [m.id for m in await store.fetch(OTHER, R1, 10, 10**6, T)] == [a1.id, a3.id]
+            assert await store.totals() == (4, 14)
+
+            # the total holds both ways: no false refusal, no cap passed
+            tight = Limits(max_total_bytes=16)
+            xx = await put(OTHER, R2, b"xx", tight)
+            await refused("queue_max_total_bytes", put(OTHER, R2, b"y", tight))
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="mediator.store"):
+                await store.expire(T)
+            assert not [r for r in caplog.records if "repaired" in r.message]  # nothing left
+            assert await store.delete(OTHER, [a1.id, a3.id, theirs]) == 3
+            assert await store.totals() == (2, 6)
+            assert await store.delete(OTHER, [xx.id]) + await store.delete(OWNER, [keep.id]) == 2
+            # nothing is left over: no counter at 0, no index entry
+            left = {k.decode() async for k in old.r.scan_iter(match="rolling:*")}
+            assert left == {f"rolling:{k}" for k in ("granted", "seq", "schema", "bytes_sum")}
+            assert await store.totals() == (0, 0)
+        finally:
+            await old.close()
+            await store.close()
+
+    run(main())
+
+
+def test_redis_repair_pass_is_bounded_per_sweep(redis_server: RedisProcess) -> None:
+    """The sweep's repair pass goes on by ``repair_budget`` messages and DIDs a sweep, and
+    gets round every granted DID in the end."""
+
+    async def main() -> None:
+        T = time.time()
+        store = RedisStore(redis_server.url, prefix="bounded:")
+        await store.open()
+        old = EarlierInstance(store)
+        try:
+            owners = [f"did:peer:2.o{i}" for i in range(20)]
+            for did in owners:
+                await store.grant(did, T, LIMITS)
+                await old.enqueue(did, R1, b"old", now=T, exp=T + 99)
+            assert await store.totals() == (20, 0)
+            store.repair_budget = 4
+            await store.expire(T)
+            assert 0 < (await store.totals())[1] < 60
+            for _ in range(20):
+                await store.expire(T)
+            assert await store.totals() == (20, 60)
+            assert all([(await store.status(d, R1, T)).message_count == 1 for d in owners])
+        finally:
+            await old.close()
+            await store.close()
+
+    run(main())
+
+
+def test_redis_enqueue_never_counts_an_id_twice(
+    redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An enqueue under an id that is taken changes nothing (the script checks ``m:``), so
+    a message can never be counted twice; the store draws another id, and gives up with
+    e.p.me if every one is taken."""
+    import types
+    import uuid
+
+    import mediator.store.redis as redis_store
+
+    ids = iter([uuid.UUID(int=1)] * 4 + [uuid.UUID(int=2)])
+    monkeypatch.setattr(redis_store, "uuid", types.SimpleNamespace(uuid4=lambda: next(ids)))
+
+    async def main() -> None:
+        T = time.time()
+        store = RedisStore(redis_server.url, prefix="dup:")
+        await store.open()
+        try:
+            first = await store.enqueue(OWNER, R1, b"one", now=T, expires=T + 99, limits=LIMITS)
+            with pytest.raises(MediationError) as info:
+                await store.enqueue(OWNER, R1, b"two!", now=T, expires=T + 99, limits=LIMITS)
+            assert info.value.code == "e.p.me"
+            assert await store.totals() == (1, 3)
+            assert await store.fetch(OWNER, None, 10, 10**6, T) == [first]
+            again = await store.enqueue(OWNER, R1, b"two!", now=T, expires=T + 99, limits=LIMITS)
+            assert again.id == uuid.UUID(int=2).hex and await store.totals() == (2, 7)
+            status = await store.status(OWNER, R1, T)
+            assert (status.message_count, status.total_bytes) == (2, 7)
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_sqlite_a_folder_the_operator_chose_is_left_alone(tmp_path: Path) -> None:
+    """``store_path`` in a folder of the operator's (a home directory): only the files are
+    narrowed, not the folder, which may hold other things."""
+    path = tmp_path / "home" / "m.sqlite3"
+    path.parent.mkdir()
+    path.parent.chmod(0o755)
+
+    async def main() -> None:
+        store = SqliteStore(path, own_folder=False)
+        await store.open()
+        await store.close()
+
+    run(main())
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o755
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

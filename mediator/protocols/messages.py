@@ -105,7 +105,9 @@ class Codes:
     DENIED: Final = "e.p.req.denied"  # mediation refused by policy
     UNKNOWN_RECIPIENT: Final = "e.p.xfer.cant-use-endpoint"  # forward to a DID on no keylist
     EXPIRED: Final = "e.p.req.time"  # a forward whose expires_time has passed
-    STORAGE_FULL: Final = "e.p.me.res.storage"  # the recipient's queue is at its limit
+    # the recipient's queue is at its limit, or a mediator-wide one is reached (grants,
+    # keylist entries, queued messages or bytes of all DIDs)
+    STORAGE_FULL: Final = "e.p.me.res.storage"
     QUOTA: Final = "e.p.me.res.quota"  # a relay quota is used up
     BUSY: Final = "e.p.req.busy"  # the relay slot is already held
     INTERNAL: Final = "e.p.me"  # our fault

@@ -59,17 +59,20 @@ class Limits:
 class StorageFull(MediationError):
     """A mediator-wide limit is reached (``e.p.me.res.storage``).
 
+    The message, which the sender gets in the problem-report, says which kind of limit but
+    not its value: the operator's settings are not a stranger's business (the log says).
+
     Args:
         limit: the setting that was reached (``max_grants``, ``keylist_max_total``,
             ``queue_max_total_messages``, ``queue_max_total_bytes``), for the log.
-        maximum: its value.
+        maximum: its value, for the log.
     """
 
     code = Codes.STORAGE_FULL
 
     def __init__(self, limit: str, maximum: int) -> None:
-        what = _LIMIT_NOUNS.get(limit, limit)
-        super().__init__(f"the mediator holds as many {what} as it may ({maximum}); try later")
+        what = _LIMIT_NOUNS.get(limit, "data")
+        super().__init__(f"the mediator holds as many {what} as it may; try later")
         self.limit = limit
         self.maximum = maximum
 
@@ -187,7 +190,11 @@ class MessageStore(ABC):
 
     @abstractmethod
     async def expire(self, now: float) -> int:
-        """Delete messages whose expiry has passed; how many."""
+        """Delete messages whose expiry has passed; how many.
+
+        Called every ``queue_expire_interval``; a store may do other bounded upkeep here
+        (Redis: the repair pass of its derived keys).
+        """
 
     @abstractmethod
     async def totals(self) -> tuple[int, int]:

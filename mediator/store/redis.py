@@ -16,17 +16,30 @@ Keys (``prefix`` defaults to ``didsession:``)::
     {p}exp                  ZSET   message ids scored by expiry (ZCARD: messages in all)
     {p}bytes                HASH   owner -> queued bytes
     {p}rbytes:{owner}       HASH   recipient DID -> queued bytes
-    {p}bytes_total          STRING queued bytes in all
+    {p}bytes_counted        HASH   owner -> its queued bytes as counted in bytes_sum
+    {p}bytes_sum            STRING queued bytes in all (the sum of bytes_counted)
     {p}seq                  STRING the sequence
-    {p}schema               STRING "2" once data of an earlier version got the qr and rbytes keys
+    {p}schema               STRING "3" once data of an earlier version was repaired in full
     channel {p}queued       "owner id" for each enqueue
 
 Every multi-key change is one Lua script, so it is atomic and checks limits and ownership
 where the data is, and keeps the counters with the data.  ``status`` and ``fetch`` read
 only counters and message metadata, in a script: what they cost does not grow with the
-bytes queued, and a pickup for a recipient with nothing queued reads one empty key.  Data of
-an earlier version is indexed once when the store is opened; upgrade every instance of a
-deployment together, since an earlier version does not keep the new counters.
+bytes queued, and a pickup for a recipient with nothing queued reads one empty key.
+
+Theory of repair.  ``q:``, ``m:``, ``exp`` and ``bytes`` are kept by every version of the
+mediator; ``qr:``, ``rbytes:``, ``bytes_counted`` and ``bytes_sum`` only by this one.  An
+instance of an earlier version using the store at the same time (a rolling upgrade, a
+downgrade) leaves them wrong: its enqueues are missing from ``qr:`` and from the sum, its
+deletes leave ids in ``qr:`` whose ``m:`` is gone.  So they are derived data, and one
+script (``_REPAIR_OWNER``) derives them again for one owner from its ``q:`` and ``m:``; the
+sum moves by the owner's change only, so it stays the sum of ``bytes_counted`` whatever
+runs meanwhile.  Each owner is repaired when ``status`` or ``fetch`` meets an id whose
+message is gone, when a delete leaves it nothing queued, and by a pass over every granted
+DID that each expiry sweep takes on by ``repair_budget`` messages (and that a store last
+opened by an earlier version runs in full before it serves).  Once the instances of earlier
+versions are stopped, the next whole pass makes everything right.  (Version 2's
+``bytes_total`` is no longer read, so its instances cannot make the sum count twice.)
 
 Expired messages are deleted by :meth:`RedisStore.expire`; until then ``status`` and
 ``fetch`` skip them after a bounded look (the first 1000 expired messages of the
@@ -57,6 +70,7 @@ from didsession.errors import ConfigError, MediationError
 from mediator.config import redact_url
 from mediator.protocols.coordinate import KeylistResult
 from mediator.protocols.events import KeylistAction, KeylistUpdate
+from mediator.protocols.messages import Codes
 from mediator.store.base import (
     Limits,
     MessageStore,
@@ -70,12 +84,87 @@ __all__ = ["RedisStore"]
 
 log = logging.getLogger("mediator.store")
 
-# KEYS: q, m, exp, seq, bytes, qr, rbytes, bytes_total
+# repair(p, o, also): make owner o's per-recipient queues (qr:), their byte counters
+# (rbytes:), its byte counter (bytes) and its share of the byte total (bytes_counted,
+# bytes_sum) agree with its messages (q: and m:, which every version of the mediator keeps
+# right).  ``also``: a recipient whose queue to clean even if no counter names it (or
+# false).  Reads o's queue and per-recipient queues once: bounded by its queue limits and
+# by what another version left behind.  Returns the messages examined and the fixes made.
+# Prepended to the scripts that call it.
+_REPAIR_OWNER = """
+local function repair(p, o, also)
+  local q = p .. 'q:' .. o
+  local entries = redis.call('ZRANGE', q, 0, -1, 'WITHSCORES')
+  local order, live, sizes, total, fixed = {}, {}, {}, 0, 0
+  -- sets a counter (deleted at 0, as the scripts keep them); 1 if it was wrong
+  local function put(key, field, value)
+    local had = redis.call('HGET', key, field)
+    local was = tonumber(had or '0')
+    if value > 0 and was ~= value then
+      redis.call('HSET', key, field, value)
+    elseif value <= 0 and had then
+      redis.call('HDEL', key, field)
+    end
+    if was == value then return 0 end
+    return 1
+  end
+  local function recipient(r)
+    if not live[r] then
+      live[r], sizes[r] = {}, 0
+      table.insert(order, r)
+    end
+  end
+  for i = 1, #entries, 2 do
+    local id = entries[i]
+    local mkey = p .. 'm:' .. id
+    local meta = redis.call('HMGET', mkey, 'owner', 'rcpt')
+    local r = meta[2]
+    if meta[1] == o and r then
+      recipient(r)
+      local size = redis.call('HSTRLEN', mkey, 'data')
+      table.insert(live[r], {id, entries[i + 1]})
+      sizes[r] = sizes[r] + size
+      total = total + size
+    else
+      redis.call('ZREM', q, id)
+      fixed = fixed + 1
+    end
+  end
+  local rbytes = p .. 'rbytes:' .. o
+  for _, r in ipairs(redis.call('HKEYS', rbytes)) do recipient(r) end
+  if also then recipient(also) end
+  for _, r in ipairs(order) do
+    local qr = p .. 'qr:' .. o .. '|' .. r
+    local want = {}
+    for _, e in ipairs(live[r]) do want[e[1]] = true end
+    for _, id in ipairs(redis.call('ZRANGE', qr, 0, -1)) do
+      if not want[id] then
+        redis.call('ZREM', qr, id)
+        fixed = fixed + 1
+      end
+    end
+    for _, e in ipairs(live[r]) do
+      fixed = fixed + redis.call('ZADD', qr, 'NX', e[2], e[1])
+    end
+    fixed = fixed + put(rbytes, r, sizes[r])
+  end
+  fixed = fixed + put(p .. 'bytes', o, total)
+  local counted = p .. 'bytes_counted'
+  local share = tonumber(redis.call('HGET', counted, o) or '0')
+  if share ~= total then redis.call('INCRBY', p .. 'bytes_sum', total - share) end
+  fixed = fixed + put(counted, o, total)
+  return #entries / 2, fixed
+end
+"""
+
+# KEYS: q, m, exp, seq, bytes, qr, rbytes, bytes_sum, bytes_counted
 # ARGV: owner, id, rcpt, data, recv, exp, max_messages, max_bytes, channel,
 #       max_total_messages, max_total_bytes
-# 1: queued; 0: the owner's queue is full; -1, -2: all queues hold the most messages, bytes
+# 1: queued; 0: the owner's queue is full; -1, -2: all queues hold the most messages, bytes;
+# -3: the id is taken (nothing changed, so nothing is counted twice)
 _ENQUEUE = """
 local size = #ARGV[4]
+if redis.call('EXISTS', KEYS[2]) == 1 then return -3 end
 local n = redis.call('ZCARD', KEYS[1])
 local b = tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or '0')
 if n + 1 > tonumber(ARGV[7]) or b + size > tonumber(ARGV[8]) then return 0 end
@@ -89,13 +178,18 @@ redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'rcpt', ARGV[3], 'data', ARGV[4],
 redis.call('ZADD', KEYS[3], ARGV[6], ARGV[2])
 redis.call('HINCRBY', KEYS[5], ARGV[1], size)
 redis.call('HINCRBY', KEYS[7], ARGV[3], size)
+redis.call('HINCRBY', KEYS[9], ARGV[1], size)
 redis.call('INCRBY', KEYS[8], size)
 redis.call('PUBLISH', ARGV[9], ARGV[1] .. ' ' .. ARGV[2])
 return 1
 """
 
-# KEYS: exp, bytes, bytes_total; ARGV: prefix, owner (or '' for any), ids...
-_DELETE = """
+# KEYS: exp, bytes, bytes_sum, bytes_counted; ARGV: prefix, owner (or '' for any), ids...
+# An owner left with nothing queued is repaired: whatever another version left in its
+# counters and per-recipient queues goes (a few keys, usually none).
+_DELETE = (
+    _REPAIR_OWNER
+    + """
 local deleted = 0
 for i = 3, #ARGV do
   local id = ARGV[i]
@@ -104,12 +198,12 @@ for i = 3, #ARGV do
   local owner, rcpt = meta[1], meta[2]
   if owner and (ARGV[2] == '' or owner == ARGV[2]) then
     local size = redis.call('HSTRLEN', mkey, 'data')
+    local q = ARGV[1] .. 'q:' .. owner
     redis.call('DEL', mkey)
-    redis.call('ZREM', ARGV[1] .. 'q:' .. owner, id)
+    redis.call('ZREM', q, id)
     redis.call('ZREM', KEYS[1], id)
-    if redis.call('HINCRBY', KEYS[2], owner, -size) <= 0 then
-      redis.call('HDEL', KEYS[2], owner)
-    end
+    redis.call('HINCRBY', KEYS[2], owner, -size)
+    redis.call('HINCRBY', KEYS[4], owner, -size)
     redis.call('DECRBY', KEYS[3], size)
     if rcpt and redis.call('ZREM', ARGV[1] .. 'qr:' .. owner .. '|' .. rcpt, id) == 1 then
       local rbytes = ARGV[1] .. 'rbytes:' .. owner
@@ -117,6 +211,7 @@ for i = 3, #ARGV do
         redis.call('HDEL', rbytes, rcpt)
       end
     end
+    if redis.call('ZCARD', q) == 0 then repair(ARGV[1], owner, false) end
     deleted = deleted + 1
   elseif not owner and ARGV[2] == '' then
     redis.call('ZREM', KEYS[1], id)
@@ -124,61 +219,117 @@ for i = 3, #ARGV do
 end
 return deleted
 """
+)
 
 _EXPIRED = """
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 500)
 """
 
-# KEYS: queue (q or qr), its byte counter hash, exp; ARGV: prefix, counter field, now.
-# {count, bytes, oldest recv, newest recv} of the unexpired messages, from the counters.
-_STATUS = """
+# KEYS: queue (q or qr), its byte counter hash, exp; ARGV: prefix, counter field, now,
+# owner, recipient ('' for the whole queue).  {count, bytes, oldest recv, newest recv} of
+# the unexpired messages, from the counters.  An entry whose message is gone (deleted by an
+# earlier version, which does not know the per-recipient queues) makes it repair the owner
+# and count again.
+_STATUS = (
+    _REPAIR_OWNER
+    + """
 local now = tonumber(ARGV[3])
-local n = redis.call('ZCARD', KEYS[1])
-if n == 0 then return {0, 0, false, false} end
-local b = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[3], 'LIMIT', 0, 1000)) do
-  if redis.call('ZSCORE', KEYS[1], id) then
-    n = n - 1
-    b = b - redis.call('HSTRLEN', ARGV[1] .. 'm:' .. id, 'data')
-  end
-end
-if n <= 0 then return {0, 0, false, false} end
-local function edge(step)
-  local i = step > 0 and 0 or -1
-  for _ = 1, 1000 do
-    local ids = redis.call('ZRANGE', KEYS[1], i, i)
-    if #ids == 0 then return false end
-    local m = redis.call('HMGET', ARGV[1] .. 'm:' .. ids[1], 'recv', 'exp')
-    if m[2] and tonumber(m[2]) > now then return m[1] end
-    i = i + step
-  end
-  return false
-end
-return {n, math.max(b, 0), edge(1), edge(-1)}
-"""
-
-# KEYS: queue (q or qr); ARGV: prefix, now, limit, max_bytes.  The ids to deliver, oldest
-# first: unexpired, at most limit, within max_bytes (but at least one); looks at 1000.
-_FETCH = """
-local now, limit, cap = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local out, total = {}, 0
-for start = 0, 999, 100 do
-  local ids = redis.call('ZRANGE', KEYS[1], start, start + 99)
-  for _, id in ipairs(ids) do
-    local mkey = ARGV[1] .. 'm:' .. id
-    local exp = redis.call('HGET', mkey, 'exp')
-    if exp and tonumber(exp) > now then
-      local size = redis.call('HSTRLEN', mkey, 'data')
-      if #out > 0 and total + size > cap then return out end
-      table.insert(out, id)
-      total = total + size
-      if #out >= limit then return out end
+local function measure(strict)
+  local n = redis.call('ZCARD', KEYS[1])
+  if n == 0 then return {0, 0, false, false} end
+  local b = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[3], 'LIMIT', 0, 1000)) do
+    if redis.call('ZSCORE', KEYS[1], id) then
+      n = n - 1
+      b = b - redis.call('HSTRLEN', ARGV[1] .. 'm:' .. id, 'data')
     end
   end
-  if #ids < 100 then return out end
+  if n <= 0 then return {0, 0, false, false} end
+  local stale = false
+  local function edge(step)
+    local i = step > 0 and 0 or -1
+    for _ = 1, 1000 do
+      local ids = redis.call('ZRANGE', KEYS[1], i, i)
+      if #ids == 0 then return false end
+      local m = redis.call('HMGET', ARGV[1] .. 'm:' .. ids[1], 'recv', 'exp')
+      if not m[2] then
+        stale = true
+        if strict then return false end
+      elseif tonumber(m[2]) > now then
+        return m[1]
+      end
+      i = i + step
+    end
+    return false
+  end
+  local oldest = edge(1)
+  if strict and stale then return nil end
+  local newest = edge(-1)
+  if strict and stale then return nil end
+  return {n, math.max(b, 0), oldest, newest}
+end
+local out = measure(true)
+if out == nil then
+  repair(ARGV[1], ARGV[4], ARGV[5] ~= '' and ARGV[5])
+  out = measure(false)
 end
 return out
 """
+)
+
+# KEYS: queue (q or qr); ARGV: prefix, now, limit, max_bytes, owner, recipient ('' for the
+# whole queue).  The ids to deliver, oldest first: unexpired, at most limit, within
+# max_bytes (but at least one); looks at 1000.  An entry whose message is gone makes it
+# repair the owner and look again, so such entries never hide the messages after them.
+_FETCH = (
+    _REPAIR_OWNER
+    + """
+local now, limit, cap = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local function walk(strict)
+  local out, total = {}, 0
+  for start = 0, 999, 100 do
+    local ids = redis.call('ZRANGE', KEYS[1], start, start + 99)
+    for _, id in ipairs(ids) do
+      local mkey = ARGV[1] .. 'm:' .. id
+      local exp = redis.call('HGET', mkey, 'exp')
+      if not exp then
+        if strict then return nil end
+      elseif tonumber(exp) > now then
+        local size = redis.call('HSTRLEN', mkey, 'data')
+        if #out > 0 and total + size > cap then return out end
+        table.insert(out, id)
+        total = total + size
+        if #out >= limit then return out end
+      end
+    end
+    if #ids < 100 then return out end
+  end
+  return out
+end
+local out = walk(true)
+if out == nil then
+  repair(ARGV[1], ARGV[5], ARGV[6] ~= '' and ARGV[6])
+  out = walk(false)
+end
+return out
+"""
+)
+
+# ARGV: prefix, budget, owners...  Repairs the owners in order until ``budget`` messages
+# are examined (at least one owner).  {owners repaired, messages examined, fixes made}.
+_REPAIR = (
+    _REPAIR_OWNER
+    + """
+local budget = tonumber(ARGV[2])
+local done, examined, fixed = 0, 0, 0
+for i = 3, #ARGV do
+  if done > 0 and examined >= budget then break end
+  local n, f = repair(ARGV[1], ARGV[i], false)
+  done, examined, fixed = done + 1, examined + n, fixed + f
+end
+return {done, examined, fixed}
+"""
+)
 
 # KEYS: granted; ARGV: did, now, max_grants.  1: new; 0: granted before; -1: full
 _GRANT = """
@@ -237,36 +388,14 @@ end
 return out
 """
 
-# KEYS: bytes_total, bytes.  Counts the total once, from the per-owner counters, for data
-# an earlier version queued.  1 if it did.
-_INIT_TOTAL = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local sum = 0
-for _, v in ipairs(redis.call('HVALS', KEYS[2])) do sum = sum + tonumber(v) end
-redis.call('SET', KEYS[1], sum)
-return 1
-"""
+# Bumped when the keys change meaning; a store opened with an older one is repaired in full
+# (every granted DID) before the instance serves.  "2": qr and rbytes; "3": bytes_counted
+# and bytes_sum (version 2's bytes_total is no longer read).
+_SCHEMA = b"3"
 
-# ARGV: prefix, ids...  Adds messages of an earlier version to their qr queue and rbytes
-# counter; idempotent (ZADD NX), so instances opening at once do no harm.
-_INDEX = """
-for i = 2, #ARGV do
-  local id = ARGV[i]
-  local mkey = ARGV[1] .. 'm:' .. id
-  local meta = redis.call('HMGET', mkey, 'owner', 'rcpt')
-  if meta[1] and meta[2] then
-    local seq = redis.call('ZSCORE', ARGV[1] .. 'q:' .. meta[1], id)
-    local qr = ARGV[1] .. 'qr:' .. meta[1] .. '|' .. meta[2]
-    if seq and redis.call('ZADD', qr, 'NX', seq, id) == 1 then
-      redis.call('HINCRBY', ARGV[1] .. 'rbytes:' .. meta[1], meta[2],
-                 redis.call('HSTRLEN', mkey, 'data'))
-    end
-  end
-end
-return 0
-"""
-
-_SCHEMA = b"2"
+# Repair pass: messages (and DIDs) looked at per expiry sweep, and per script call.
+REPAIR_SWEEP_BUDGET = 50_000
+_REPAIR_CALL_BUDGET = 5_000
 
 
 class RedisStore(MessageStore):
@@ -284,6 +413,12 @@ class RedisStore(MessageStore):
         self._listen_task: asyncio.Task[None] | None = None
         self._scripts: dict[str, Any] = {}
         self._ready = asyncio.Event()
+        # The repair pass over the granted DIDs: HSCAN cursor (None: no pass under way),
+        # the DIDs of the last page not yet repaired, the fixes made so far in this pass.
+        self.repair_budget = REPAIR_SWEEP_BUDGET
+        self._repair_cursor: int | None = None
+        self._repair_owners: list[bytes] = []
+        self._repair_fixed = 0
 
     # -- lifecycle -------------------------------------------------------------------
     async def open(self) -> None:
@@ -306,10 +441,9 @@ class RedisStore(MessageStore):
             ("expired", _EXPIRED),
             ("status", _STATUS),
             ("fetch", _FETCH),
+            ("repair", _REPAIR),
             ("grant", _GRANT),
             ("keylist", _KEYLIST),
-            ("init_total", _INIT_TOTAL),
-            ("index", _INDEX),
         ):
             self._scripts[name] = self._redis.register_script(source)
         try:
@@ -330,25 +464,51 @@ class RedisStore(MessageStore):
             self._redis = None
 
     async def _upgrade(self) -> None:
-        """Give data of an earlier version the byte total and the per-recipient queues."""
-        if await self._scripts["init_total"](keys=[self._k("bytes_total"), self._k("bytes")]):
-            log.info("redis store: queued bytes counted once for the mediator-wide limit")
+        """Index and count data of an earlier version: a whole repair pass, then the mark."""
         if await self._r.get(self._k("schema")) == _SCHEMA:
             return
-        indexed = 0
-        # ZSCAN returns every message present from start to end (some twice: harmless).
-        cursor = 0
-        while True:
-            cursor, batch = await self._r.zscan(self._k("exp"), cursor, count=500)
-            ids = [member for member, _score in batch]
-            if ids:
-                await self._scripts["index"](keys=[], args=[self.prefix, *ids])
-                indexed += len(ids)
-            if cursor == 0:
-                break
+        self._repair_cursor, self._repair_owners, self._repair_fixed = None, [], 0
+        fixed = None
+        while fixed is None:
+            fixed = await self._repair(_REPAIR_CALL_BUDGET)
         await self._r.set(self._k("schema"), _SCHEMA)
-        if indexed:
-            log.info("redis store: queues indexed by recipient", extra={"messages": indexed})
+        log.info(
+            "redis store: queues indexed by recipient and bytes counted", extra={"fixes": fixed}
+        )
+
+    async def _repair(self, budget: int) -> int | None:
+        """Go on with the repair pass for about ``budget`` messages and DIDs.
+
+        The pass repairs every granted DID (see ``_REPAIR_OWNER``), a page of the
+        ``granted`` HSCAN at a time; each DID is repaired atomically, so instances serving
+        meanwhile, or repairing too, do no harm.  Returns the fixes the pass made when it
+        ends in this call, else None.
+        """
+        spent = 0
+        while spent < budget:
+            if not self._repair_owners:
+                if self._repair_cursor == 0:
+                    fixed, self._repair_fixed, self._repair_cursor = self._repair_fixed, 0, None
+                    return fixed
+                cursor, page = await self._r.hscan(
+                    self._k("granted"), self._repair_cursor or 0, count=200
+                )
+                self._repair_cursor = int(cursor)
+                self._repair_owners = _ids(list(page))
+                spent += 1
+                continue
+            done, examined, fixed = await self._scripts["repair"](
+                keys=[],
+                args=[
+                    self.prefix,
+                    min(budget - spent, _REPAIR_CALL_BUDGET),
+                    *self._repair_owners[:100],
+                ],
+            )
+            del self._repair_owners[: int(done)]
+            spent += int(done) + int(examined)
+            self._repair_fixed += int(fixed)
+        return None
 
     @property
     def _r(self) -> aioredis.Redis:
@@ -458,32 +618,38 @@ class RedisStore(MessageStore):
         expires: float,
         limits: Limits,
     ) -> Queued:
-        msg_id = uuid.uuid4().hex
-        outcome = await self._scripts["enqueue"](
-            keys=[
-                self._k("q", owner),
-                self._k("m", msg_id),
-                self._k("exp"),
-                self._k("seq"),
-                self._k("bytes"),
-                self._queue_key(owner, recipient_did),
-                self._k("rbytes", owner),
-                self._k("bytes_total"),
-            ],
-            args=[
-                owner,
-                msg_id,
-                recipient_did,
-                data,
-                repr(now),
-                repr(expires),
-                limits.max_messages,
-                limits.max_bytes,
-                self.channel,
-                limits.max_total_messages,
-                limits.max_total_bytes,
-            ],
-        )
+        for _ in range(3):
+            msg_id = uuid.uuid4().hex
+            outcome = await self._scripts["enqueue"](
+                keys=[
+                    self._k("q", owner),
+                    self._k("m", msg_id),
+                    self._k("exp"),
+                    self._k("seq"),
+                    self._k("bytes"),
+                    self._queue_key(owner, recipient_did),
+                    self._k("rbytes", owner),
+                    self._k("bytes_sum"),
+                    self._k("bytes_counted"),
+                ],
+                args=[
+                    owner,
+                    msg_id,
+                    recipient_did,
+                    data,
+                    repr(now),
+                    repr(expires),
+                    limits.max_messages,
+                    limits.max_bytes,
+                    self.channel,
+                    limits.max_total_messages,
+                    limits.max_total_bytes,
+                ],
+            )
+            if outcome != -3:  # -3: the id is taken (never, with uuid4): draw another
+                break
+        else:
+            raise MediationError("could not draw a free message id", code=Codes.INTERNAL)
         if outcome == 0:
             raise queue_full(limits)
         if outcome == -1:
@@ -519,7 +685,7 @@ class RedisStore(MessageStore):
             counter, field = self._k("rbytes", owner), recipient_did
         count, size, oldest, newest = await self._scripts["status"](
             keys=[self._queue_key(owner, recipient_did), counter, self._k("exp")],
-            args=[self.prefix, field, repr(now)],
+            args=[self.prefix, field, repr(now), owner, recipient_did or ""],
         )
         return QueueStatus(
             int(count),
@@ -533,7 +699,7 @@ class RedisStore(MessageStore):
     ) -> list[Queued]:
         ids = await self._scripts["fetch"](
             keys=[self._queue_key(owner, recipient_did)],
-            args=[self.prefix, repr(now), limit, max_bytes],
+            args=[self.prefix, repr(now), limit, max_bytes, owner, recipient_did or ""],
         )
         if not ids:
             return []
@@ -547,30 +713,46 @@ class RedisStore(MessageStore):
         if not message_ids:
             return 0
         n = await self._scripts["delete"](
-            keys=[self._k("exp"), self._k("bytes"), self._k("bytes_total")],
+            keys=self._delete_keys,
             args=[self.prefix, owner, *message_ids],
         )
         return int(n)
 
+    @property
+    def _delete_keys(self) -> list[str]:
+        return [self._k("exp"), self._k("bytes"), self._k("bytes_sum"), self._k("bytes_counted")]
+
     async def expire(self, now: float) -> int:
+        """Delete expired messages, then go on with the repair pass (``repair_budget``)."""
         total = 0
         while True:
             ids = await self._scripts["expired"](keys=[self._k("exp")], args=[repr(now)])
-            if not ids:
-                return total
-            total += int(
-                await self._scripts["delete"](
-                    keys=[self._k("exp"), self._k("bytes"), self._k("bytes_total")],
-                    args=[self.prefix, "", *[i.decode() for i in ids]],
+            if ids:
+                total += int(
+                    await self._scripts["delete"](
+                        keys=self._delete_keys,
+                        args=[self.prefix, "", *[i.decode() for i in ids]],
+                    )
                 )
-            )
             if len(ids) < 500:
-                return total
+                break
+        try:
+            fixed = await self._repair(self.repair_budget)
+        except RedisError as exc:  # the next sweep goes on where this one stopped
+            log.warning("redis store: repair pass failed", extra={"error": str(exc)})
+            return total
+        if fixed:
+            log.warning(
+                "redis store: per-recipient queues or byte counters were wrong, now repaired; "
+                "is an instance of an earlier version using this store?",
+                extra={"fixes": fixed},
+            )
+        return total
 
     async def totals(self) -> tuple[int, int]:
         async with self._r.pipeline(transaction=False) as pipe:
             pipe.zcard(self._k("exp"))
-            pipe.get(self._k("bytes_total"))
+            pipe.get(self._k("bytes_sum"))
             count, size = await pipe.execute()
         return int(count), int(size or 0)
 

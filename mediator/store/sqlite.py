@@ -13,13 +13,15 @@ triggers in the transaction that changes the data, so the limit checks of an enq
 two primary-key lookups and the totals are right after any crash.  A database made before
 ``totals`` existed gets it counted once, when it is opened.
 
-The file holds DIDs and keylists: it is created 0600, and an older one (or its -wal and
--shm) that others may read is narrowed to 0600 when opened, with one log line.
+The file holds DIDs and keylists: it is created 0600 in a folder created 0700; an older
+one (or its -wal and -shm, or the folder) that others may read is narrowed when opened,
+with one log line, and one of another user's that others may read is named in another.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import sqlite3
@@ -119,18 +121,52 @@ _Pending = tuple[str, str, bytes, float, float, Limits, "asyncio.Future[Queued]"
 _Outcome = Queued | MediationError
 
 
+_OPEN_TO_CHECK = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _narrow(name: str, folder: int, me: int) -> tuple[bool, str] | None:
+    """chmod 0600 the file ``name`` in the open ``folder`` if it is ours and others may read
+    it.  None if there was nothing to do; (True, its old mode) if narrowed; else (False,
+    why it was left: owned by another user, a symbolic link, an error)."""
+    try:
+        fd = os.open(name, _OPEN_TO_CHECK, dir_fd=folder)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return False, "a symbolic link, not followed"
+        return False, str(exc.strerror)
+    try:
+        st = os.fstat(fd)
+        mode = stat.S_IMODE(st.st_mode)
+        if not stat.S_ISREG(st.st_mode) or not mode & 0o077:
+            return None
+        if st.st_uid != me:
+            return False, f"{mode:04o} owned by uid {st.st_uid}"
+        os.fchmod(fd, 0o600)
+        return True, f"{mode:04o}"
+    except OSError as exc:
+        return False, str(exc.strerror)
+    finally:
+        os.close(fd)
+
+
 class SqliteStore(MessageStore):
     """:class:`MessageStore` in one SQLite database file.
 
     Args:
         path: the database file (created 0600, its directory 0700).
         synchronous: SQLite ``synchronous`` pragma; ``FULL`` (default) for durability.
+        own_folder: the directory is the mediator's own (its data directory), so one that
+            exists and others may read is made 0700 too; False for a ``store_path`` the
+            operator chose, whose directory may hold other things (a home directory).
     """
 
-    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: Path, *, synchronous: str = "FULL", own_folder: bool = True) -> None:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigError(f"unknown SQLite synchronous mode {synchronous!r}")
         self.path = Path(path)
+        self.own_folder = own_folder
         self._synchronous = synchronous.upper()
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
@@ -167,29 +203,42 @@ class SqliteStore(MessageStore):
         self._conn = conn
 
     def _restrict_modes(self) -> None:
-        """chmod 0600 the database, -wal and -shm files of ours that others may read."""
-        narrowed = []
-        for path in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                continue
+        """Make the folder 0700 and the database, -wal and -shm files 0600 where others may
+        read them and they are ours; one warning names what was narrowed, one what was not.
+
+        Each is checked and changed through a descriptor (fstat, fchmod), the files opened
+        relative to the opened folder and without following a symbolic link: what changes
+        is what was checked, even if a path is swapped meanwhile, and never a file a link
+        points to.  The folder is left alone unless it is ``own_folder``, and if it has the
+        sticky bit (a shared one, like /tmp).
+        """
+        narrowed: list[str] = []
+        left: list[str] = []
+        me = os.geteuid()
+        folder = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(folder)
             mode = stat.S_IMODE(st.st_mode)
-            if not mode & 0o077 or st.st_uid != os.geteuid():
-                continue
-            try:
-                os.chmod(path, 0o600)
-            except OSError as exc:
-                log.warning(
-                    "cannot make a message store file owner-only",
-                    extra={"path": str(path), "mode": f"{mode:04o}", "error": exc.strerror},
-                )
-                continue
-            narrowed.append(f"{path.name} {mode:04o}")
+            if self.own_folder and mode & 0o077 and st.st_uid == me and not mode & stat.S_ISVTX:
+                os.fchmod(folder, mode & ~0o077)
+                narrowed.append(f"{self.path.parent.name}/ {mode:04o}")
+            for name in (self.path.name, f"{self.path.name}-wal", f"{self.path.name}-shm"):
+                outcome = _narrow(name, folder, me)
+                if outcome is not None:
+                    done, what = outcome
+                    (narrowed if done else left).append(f"{name} {what}")
+        finally:
+            os.close(folder)
         if narrowed:
             log.warning(
-                "message store files were readable by others; now mode 0600",
+                "message store files were readable by others; now owner-only "
+                "(mode 0600, the folder 0700)",
                 extra={"path": str(self.path), "files": ", ".join(narrowed)},
+            )
+        if left:
+            log.warning(
+                "message store files may be readable by others and were left as they are",
+                extra={"path": str(self.path), "files": ", ".join(left)},
             )
 
     async def close(self) -> None:
