@@ -429,6 +429,29 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _signalable_parties(
+    files: contextlib.ExitStack,
+    cmd: list[str],
+    parties: Parties,
+    tmp_path: Path,
+    ids: Sequence[int],
+) -> list[subprocess.Popen[bytes]]:
+    """Parties ``ids`` started in that order, each in its own session (a signal sent to
+    one reaches it alone) and taking Ctrl-C as from a terminal; output in pN.out/err."""
+    return [
+        subprocess.Popen(
+            cmd,
+            stdout=files.enter_context((tmp_path / f"p{i}.out").open("wb")),
+            stderr=files.enter_context((tmp_path / f"p{i}.err").open("wb")),
+            env=dict(os.environ, DIDSESSION_HOME=str(parties.homes[i])),
+            cwd=tmp_path,
+            start_new_session=True,
+            preexec_fn=_default_sigint,
+        )
+        for i in ids
+    ]
+
+
 @pytest.mark.parametrize(
     ("sig", "code", "said", "relay"),
     [
@@ -459,18 +482,7 @@ def test_a_stopped_party_tells_the_others_why(
     procs: list[subprocess.Popen[bytes]] = []
     with contextlib.ExitStack() as files:
         files.callback(_kill_all, procs)  # whatever happens
-        for i in (2, 1, 0):
-            procs.append(
-                subprocess.Popen(
-                    cmd,
-                    stdout=files.enter_context((tmp_path / f"p{i}.out").open("wb")),
-                    stderr=files.enter_context((tmp_path / f"p{i}.err").open("wb")),
-                    env=dict(os.environ, DIDSESSION_HOME=str(parties.homes[i])),
-                    cwd=tmp_path,
-                    start_new_session=True,  # the signal reaches party 0 alone
-                    preexec_fn=_default_sigint,
-                )
-            )
+        procs += _signalable_parties(files, cmd, parties, tmp_path, (2, 1, 0))
         party0 = procs[-1]
         deadline = time.monotonic() + 60
         while " parties connected." not in (tmp_path / "p0.out").read_text():
@@ -502,18 +514,7 @@ def test_ctrl_c_while_waiting_for_a_party(parties: Parties, tmp_path: Path) -> N
     procs: list[subprocess.Popen[bytes]] = []
     with contextlib.ExitStack() as files:
         files.callback(_kill_all, procs)
-        for i in (1, 0):
-            procs.append(
-                subprocess.Popen(
-                    cmd,
-                    stdout=files.enter_context((tmp_path / f"p{i}.out").open("wb")),
-                    stderr=files.enter_context((tmp_path / f"p{i}.err").open("wb")),
-                    env=dict(os.environ, DIDSESSION_HOME=str(parties.homes[i])),
-                    cwd=tmp_path,
-                    start_new_session=True,
-                    preexec_fn=_default_sigint,
-                )
-            )
+        procs += _signalable_parties(files, cmd, parties, tmp_path, (1, 0))
         party1, party0 = procs
         deadline = time.monotonic() + 60
         while "link with party 0" not in _both(tmp_path, 1):
