@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from didsession.errors import DecryptError, FrameError
+from didsession.errors import DecryptError, FrameError, LocalProtocolError, RemoteProtocolError
 from didsession.session import Channel, ChannelState, Limits
 from didsession.session.channel import MAX_EPOCH_SKIP
 from didsession.session.frame import HEADER, FrameType, word
-from didsession.session.keyschedule import path_check_key
+from didsession.session.keyschedule import Role, path_check_key
 from didsession.session.multipath import (
     HELLO_SIZE,
     Multipath,
@@ -524,6 +524,31 @@ def test_a_forged_frame_on_one_path_closes_only_that_path(ahead: int, chunked: b
     assert net.a.got == later
 
 
+@pytest.mark.parametrize("direct_first", [True, False], ids=["direct-first", "relay-first"])
+def test_a_forgery_in_the_relays_tail_after_an_upgrade_loses_nothing(direct_first: bool) -> None:
+    """Frames in flight on the relay when the direct path takes over, and a forged frame
+    among them: the relay closes at b with the genuine frames behind the forgery, which a
+    never sends again by itself (its relay stays open).  b asks for them (NEED) on the
+    direct path; every message arrives once, in order, and the session goes on."""
+    net = Net.make()
+    relay = net.add(PathKind.RELAY)
+    tail = net.send_all(0, _payloads(5))  # in flight on the relay
+    direct = net.add_path_checked()
+    after = net.send_all(0, _payloads(5, 5))  # on the direct path
+    net.wires[(0, relay)].insert(3, _forged(3))  # behind frames 0-2, ahead of 3-4
+    if direct_first:
+        net.deliver(0, direct)
+    net.deliver(0, relay)
+    assert _closed_for_forgery(net.b, relay) and net.b.got == tail[:3]
+    net.pump()
+    assert net.b.got == tail + after
+    assert net.a.mp.retransmitted > 0 and net.a.mp.state is MultipathState.OPEN
+    later = net.send_all(0, _payloads(3, 10)) + net.send_all(1, _payloads(3, 20))
+    net.pump()
+    assert net.b.got == tail + after + later[:3] and net.a.got == later[3:]
+    assert net.b.channel.state is ChannelState.ESTABLISHED and net.b.mp.active == direct
+
+
 def test_a_flood_of_forged_later_frames_does_not_fill_the_reorder_buffer() -> None:
     """Forged frames with large counters (more than the reorder buffer holds) on the relay:
     the first one closes the relay; none is buffered; the session goes on."""
@@ -585,6 +610,82 @@ def test_frames_ahead_across_key_updates_are_authenticated_once() -> None:
     assert not [e for e in net.b.events if isinstance(e, PathClosed)]
 
 
+def test_a_direct_path_overtaking_a_gap_of_many_key_updates_waits() -> None:
+    """More key updates in the relay's tail gap than the check looks ahead (16 frames per
+    key, 12 updates): the direct path's frames beyond MAX_EPOCH_SKIP epochs cannot be
+    checked yet; the path waits (it is not closed as forged) and goes on once the relay
+    filled the gap."""
+    net = Net.make(limits=Limits(messages=16))
+    relay = net.add(PathKind.RELAY)
+    tail = net.send_all(0, _payloads(5))  # in flight on the relay
+    direct = net.add_path_checked()
+    after = net.send_all(0, _payloads(200, 5))
+    assert net.a.channel.send_epoch > MAX_EPOCH_SKIP + 2
+    net.deliver(0, direct)
+    assert net.b.got == [] and net.b.mp._paths[direct].held >= 0
+    net.deliver(0, relay)
+    assert net.b.got == tail + after
+    assert not [e for e in net.b.events if isinstance(e, PathClosed)]
+    later = net.send_all(0, _payloads(3, 300))
+    net.pump()
+    assert net.b.got == tail + after + later and net.b.mp.active == direct
+    assert net.b.channel.receive_epoch == net.a.channel.send_epoch
+
+
+def test_what_waits_for_a_gap_is_bounded() -> None:
+    """The bytes a path holds for a gap count toward max_reorder; beyond it the path closes
+    as a resource problem (not as a forgery) and the session goes on."""
+    net = Net.make(cfg=MultipathConfig(ack_frames=4, max_reorder=4 << 10))
+    relay = net.add(PathKind.RELAY)
+    tail = net.send_all(0, _payloads(5))
+    direct = net.add_path_checked()
+    for _ in range(MAX_EPOCH_SKIP + 1):
+        net.a.channel.rekey()
+    after = net.send_all(0, [b"x" * 100 for _ in range(200)])
+    net.deliver(0, direct)
+    closed = [e for e in net.b.events if isinstance(e, PathClosed) and e.path == direct]
+    assert closed and "wait for frame" in closed[0].reason
+    assert not _closed_for_forgery(net.b, direct)
+    assert net.b.mp.active == relay and net.b.mp._held == 0
+    _peer_sees_the_close(net, 1, direct)  # a falls back and sends it all again
+    net.pump()
+    assert net.b.got == tail + after and net.b.mp.state is MultipathState.OPEN
+
+
+def test_what_the_check_keeps_counts_toward_the_reorder_buffer() -> None:
+    """A frame that waits in the reorder buffer is held twice: its bytes, and the plaintext
+    the check kept for it; the limit counts both."""
+    net = Net.make(cfg=MultipathConfig(ack_frames=4, max_reorder=16 << 10))
+    net.add(PathKind.RELAY)
+    net.send(0, b"late")  # in flight on the relay
+    direct = net.add_path_checked()
+    net.send_all(0, [b"x" * 1000 for _ in range(10)])  # ~10 KiB of frames, ~20 KiB held
+    with pytest.raises(RemoteProtocolError, match="reorder buffer"):
+        net.deliver(0, direct)
+
+
+def test_a_frame_that_passed_its_check_and_then_fails_it_is_an_internal_error() -> None:
+    seen: set[bytes] = set()
+
+    def check(frame: bytes) -> bool:  # passes each frame once only
+        first = frame not in seen
+        seen.add(frame)
+        return first
+
+    mp = Multipath(
+        role=Role.INITIATOR,
+        key=bytes(32),
+        attach_id=bytes(16),
+        rx_next=0,
+        now=0.0,
+        authenticate=check,
+    )
+    relay = mp.add_path(PathKind.RELAY, 0.0)
+    assert mp.receive(relay, _forged(1), 0.0) == []  # waits for frame 0
+    with pytest.raises(LocalProtocolError, match="passed its check"):
+        mp.receive(relay, _forged(0), 0.0)
+
+
 class _CountingAead:
     """An AEAD that counts its decryptions (to show that no frame is decrypted twice)."""
 
@@ -635,8 +736,8 @@ def test_the_authenticator_follows_key_updates_ahead_of_the_channel(
 def test_the_authenticator_looks_at_most_max_epoch_skip_epochs_ahead() -> None:
     """A frame ahead of its turn is checked under a key derived ahead, but not more than
     MAX_EPOCH_SKIP epochs ahead (as on datagram paths, spec §8.3): that bounds the work a
-    forger can cause; a genuine frame that far ahead is refused too (its path closes, and
-    the peer's fallback sends it again)."""
+    forger can cause.  A frame further ahead is neither passed nor failed (None: it may be
+    genuine) until its turn, unless no genuine frame can be that far ahead."""
     pair = SessionPair.establish(limits=Limits(messages=16))
     a, b = pair.initiator, pair.responder
     frames = pair.split(b, b"".join(a.seal(b"%d" % i) for i in range(200)))
@@ -644,8 +745,12 @@ def test_the_authenticator_looks_at_most_max_epoch_skip_epochs_ahead() -> None:
     check = b.authenticator()
     near = epochs.index(MAX_EPOCH_SKIP)
     far = epochs.index(MAX_EPOCH_SKIP + 1)
-    assert check(frames[near]) and not check(frames[far])
+    assert check(frames[near]) and check(frames[far]) is None
+    # An epoch further ahead than one key update a frame reaches: not the peer's.
+    assert check(_forged(1, epoch=MAX_EPOCH_SKIP + 1)) is False
     assert all(check(f) for f in frames)  # in their turn, every one passes
+    with pytest.raises(LocalProtocolError):
+        b.authenticator()  # one check per channel
 
 
 def test_a_forged_frame_never_changes_the_channel() -> None:
@@ -670,11 +775,66 @@ def test_a_forged_frame_never_changes_the_channel() -> None:
 # -- how many paths (spec §15.2) ----------------------------------------------------------------
 
 
+def _hello_only(net: Net, i: int, count: int) -> list[int]:
+    """``count`` connections to side ``i`` from someone who saw a HELLO (the attach id is in
+    clear): each sends a HELLO in the peer's role and never a PROOF."""
+    s = net.side(i)
+    peer_role = net.side(1 - i).mp._own
+    pids = []
+    for k in range(count):
+        pid = s.mp.add_path(PathKind.DIRECT, net.now, via="accepted")
+        s.mp.receive(pid, b"DSP\x01" + s.channel.attach_id + peer_role + bytes([k]) * 16, net.now)
+        pids.append(pid)
+    net.collect(i)
+    for pid in pids:
+        net.wires.pop((i, pid), None)  # (HELLO, PROOF: to nobody)
+    return pids
+
+
+def _check_one(net: Net, pa: int, pb: int) -> None:
+    """Run the path check of a's path ``pa`` and b's path ``pb`` (one connection)."""
+    for _ in range(3):
+        for i, src, dst in ((0, pa, pb), (1, pb, pa)):
+            for pid, data in net.side(i).mp.data_to_send():
+                if pid == src:
+                    net.side(1 - i).mp.receive(dst, data, net.now)
+    for side in (net.a, net.b):
+        side.events += side.mp.events()
+
+
+def test_connections_that_never_prove_anything_do_not_keep_a_genuine_path_out() -> None:
+    """Connections holding a HELLO without a PROOF (renewed before they time out) must not
+    fill the session's paths: a genuine direct path still verifies and becomes active; the
+    oldest unproven connection is evicted instead, and none of them is kept in paths()."""
+    net = Net.make()
+    relay = net.add(PathKind.RELAY)
+    mp = net.b.mp
+    old = net.add_path_checked()  # closed, but kept for status displays
+    net.cut(old)
+    squatters = _hello_only(net, 1, 12)
+    pa = net.a.mp.add_path(PathKind.DIRECT, net.now)
+    pb = mp.add_path(PathKind.DIRECT, net.now)
+    _check_one(net, pa, pb)
+    assert mp.active == pb and net.a.mp.active == pa
+    assert any(isinstance(e, PathVerified) and e.path == pb for e in net.b.events)
+    checking = [p for p in mp._paths.values() if p.state.value == "checking"]
+    assert len(checking) <= CFG.max_checking
+    evicted = [e for e in net.b.events if isinstance(e, PathClosed) and "evicted" in e.reason]
+    assert {e.path for e in evicted} == set(squatters[: len(evicted)]) and evicted
+    for _ in range(40):  # churn of squatters
+        _hello_only(net, 1, 3)
+    mp.handle_timer(net.now + CFG.check_timeout)  # and their timeouts
+    listed = {p["id"]: p for p in mp.paths()}
+    assert listed[old]["state"] == "closed"  # not pushed out by the squatters
+    assert mp.active == pb and mp.state is MultipathState.OPEN and relay in listed
+
+
 def test_paths_are_capped_and_closed_ones_are_forgotten() -> None:
-    """At most max_paths open paths; one more is closed at once with a reason saying why.
-    Closed paths leave the table (a long session's churn must not grow it); the last few
-    stay in paths() for status displays."""
-    cfg = MultipathConfig(max_paths=3)
+    """At most max_paths verified paths and max_checking paths being checked: a new one
+    beyond max_checking evicts the oldest being checked; a path verified beyond max_paths
+    is closed at once with a reason saying why.  Closed paths leave the table (a long
+    session's churn must not grow it); the last few stay in paths() for status displays."""
+    cfg = MultipathConfig(max_paths=2, max_checking=2)
     net = Net.make(cfg=cfg)
     mp = net.a.mp
     relay = net.add(PathKind.RELAY)
@@ -683,20 +843,35 @@ def test_paths_are_capped_and_closed_ones_are_forgotten() -> None:
     mp.data_to_send()
     mp.events()
     d3 = mp.add_path(PathKind.DIRECT, net.now)
-    (refused,) = mp.events()
-    assert isinstance(refused, PathClosed) and refused.path == d3
-    assert "refused" in refused.reason and "3 open paths" in refused.reason
-    assert mp.data_to_send() == []  # no HELLO for it
-    assert mp.receive(d3, b"DSP\x01", net.now) == []
-    assert len(mp._paths) == 3
+    (evicted,) = mp.events()
+    assert isinstance(evicted, PathClosed) and evicted.path == d1
+    assert "evicted" in evicted.reason and "2 paths being checked" in evicted.reason
+    assert [pid for pid, _ in mp.data_to_send()] == [d3]  # its HELLO
+    assert mp.receive(d1, b"DSP\x01", net.now) == []
+    assert sorted(mp._paths) == [relay, d2, d3]
     for _ in range(50):  # churn: paths come and go
-        mp.path_lost(d1, net.now)
-        d1 = mp.add_path(PathKind.DIRECT, net.now)
-    assert sorted(mp._paths) == sorted([relay, d1, d2])
+        mp.path_lost(d2, net.now)
+        d2 = mp.add_path(PathKind.DIRECT, net.now)
+    assert sorted(mp._paths) == sorted([relay, d2, d3])
     listed = mp.paths()
-    assert len(listed) <= 2 * cfg.max_paths
+    assert len(listed) <= 2 * cfg.max_paths + cfg.max_checking
     ids = [int(str(p["id"])) for p in listed]
     assert ids == sorted(ids)
     closed = [p for p in listed if p["state"] == "closed"]
     assert closed and all(p["reason"] for p in closed)
     assert mp.active == relay and mp.state is MultipathState.OPEN
+
+
+def test_a_path_verified_beyond_max_paths_is_refused() -> None:
+    net = Net.make(cfg=MultipathConfig(max_paths=1))
+    relay = net.add(PathKind.RELAY)
+    pa = net.a.mp.add_path(PathKind.DIRECT, net.now)
+    pb = net.b.mp.add_path(PathKind.DIRECT, net.now)
+    _check_one(net, pa, pb)
+    for side, pid in ((net.a, pa), (net.b, pb)):
+        assert side.mp.active == relay and pid not in side.mp._paths
+        assert any(
+            isinstance(e, PathClosed) and e.path == pid and "1 verified paths" in e.reason
+            for e in side.events
+        )
+        assert pid not in [p["id"] for p in side.mp.paths()]  # refused: not kept

@@ -341,8 +341,7 @@ def test_a_path_refuses_frames_longer_than_the_negotiated_payload() -> None:
         pid = mp.add_path(PathKind.RELAY, 0.0)
         head = (limit + OVERHEAD - 4).to_bytes(4, "big") + bytes(8)  # fits: waits for more
         assert mp.receive(pid, head, 0.0) == []
-        mp = multipath_for(channel, now=0.0)
-        pid = mp.add_path(PathKind.RELAY, 0.0)
+        pid = mp.add_path(PathKind.RELAY, 0.0)  # (a channel gives one authenticator)
         assert mp.receive(pid, (limit + OVERHEAD - 3).to_bytes(4, "big") + bytes(8), 0.0) == []
         closed = [e for e in mp.events() if isinstance(e, PathClosed)]
         assert closed and "on a multipath path" in closed[0].reason
@@ -404,14 +403,15 @@ def test_a_forged_frame_on_the_relay_closes_only_the_relay() -> None:
     ] == [PathKind.RELAY]
 
 
-def test_a_session_takes_at_most_max_paths() -> None:
-    """One path more than ``max_paths`` (a listener adopts whatever names the session) is
-    closed at once, and reported closed."""
+def test_a_session_checks_at_most_max_checking_paths() -> None:
+    """One path more than ``max_checking`` being checked (a listener adopts whatever names
+    the session) closes the oldest one being checked at once; an evicted path is not kept
+    in the status (connections that prove nothing must not push real paths out)."""
 
-    async def scenario() -> tuple[list[bool], list[str]]:
+    async def scenario() -> tuple[list[bool], list[object]]:
         loop = asyncio.get_running_loop()
         pair = SessionPair.establish()
-        cfg = MultipathConfig(max_paths=2)
+        cfg = MultipathConfig(max_checking=1)
         mpt = MultipathTransport(
             multipath_for(pair.initiator, now=loop.time(), config=cfg), Upper(pair.initiator)
         )
@@ -425,16 +425,16 @@ def test_a_session_takes_at_most_max_paths() -> None:
         mpt.add_path(PathKind.DIRECT, transports[1])
         mpt.add_path(PathKind.DIRECT, transports[2])
         closing = [t.is_closing() for t in transports]
-        reasons = [str(p.get("reason", "")) for p in mpt.status()["paths"]]
+        ids = [p["id"] for p in mpt.status()["paths"]]
         mpt.close()
         for t in transports + others:
             t.close()
         await asyncio.sleep(0.01)
-        return closing, reasons
+        return closing, ids
 
-    closing, reasons = asyncio.run(scenario())
-    assert closing == [False, False, True]
-    assert "refused" in reasons[2] and "2 open paths" in reasons[2]
+    closing, ids = asyncio.run(scenario())
+    assert closing == [False, True, False]
+    assert ids == [0, 2]
 
 
 def test_a_session_that_ends_leaves_the_listener() -> None:

@@ -165,6 +165,7 @@ class Channel:
 
     __slots__ = (
         "_authentic",
+        "_checked",
         "_events",
         "_grace",
         "_ids",
@@ -273,6 +274,7 @@ class Channel:
         self._seen: list[int] = [-1] * REPLAY_WINDOW
         # Plaintexts of frames an authenticator() passed, by header word: (frame, plaintext).
         self._authentic: dict[int, tuple[bytes, bytes]] = {}
+        self._checked = False  # whether authenticator() gave its check (there is one)
         self._recompute_gate()
 
     # -- properties ------------------------------------------------------------------
@@ -435,13 +437,18 @@ class Channel:
             events.append(MessageReceived(payload))
         return events
 
-    def authenticator(self) -> Callable[[bytes], bool]:
+    def authenticator(self) -> Callable[[bytes], bool | None]:
         """A check that a stream frame is the peer's, for a layer below the channel that
         merges several paths by counter and must not let a forged frame count (spec §15.5).
 
         The check takes one whole frame (``u32 L`` included) whose counter is the next one
         it has not passed yet, or a later one; it returns whether the frame authenticates
-        under the key of its epoch (the current one or up to ``MAX_EPOCH_SKIP`` later).  It
+        under the key of its epoch (the current one or up to ``MAX_EPOCH_SKIP`` later).  A
+        frame ahead of its turn whose 4 epoch bits name an epoch further ahead than that (but
+        no further than one key update a frame can reach) gets ``None``: it may be genuine,
+        after more key updates than the check can look ahead; ask again in its turn, where
+        the answer is True or False.  (Epochs are known mod 16: a genuine frame 16 or more
+        epochs ahead whose bits name one in reach fails, as before a gap that long.)  The check
         never raises and never changes the channel's state: a frame that fails costs only
         the path it came on.  The frames it passes must reach :meth:`open` unchanged and in
         counter order; ``open`` then does not decrypt them again.  A frame passed ahead of
@@ -453,10 +460,15 @@ class Channel:
             (:attr:`frames_received`).
 
         Raises:
-            LocalProtocolError: a datagram channel (each datagram is checked on its own).
+            LocalProtocolError: a datagram channel (each datagram is checked on its own),
+                or a second call (two checks would each keep their own frontier, and
+                the plaintexts the channel keeps are for one).
         """
         if not self._stream:
             raise LocalProtocolError("only a stream channel runs over several paths")
+        if self._checked:
+            raise LocalProtocolError("this channel gave its authenticator already")
+        self._checked = True
         return _Authenticator(self).check
 
     def events(self) -> list[Event]:
@@ -752,7 +764,7 @@ class _Authenticator:
         # Frames passed ahead of their turn: counter -> (frame, plaintext, absolute epoch).
         self._ahead: dict[int, tuple[bytes, bytes, int]] = {}
 
-    def check(self, frame: bytes) -> bool:
+    def check(self, frame: bytes) -> bool | None:
         """See :meth:`Channel.authenticator`."""
         try:
             first, w = _unpack_from(frame)
@@ -772,7 +784,7 @@ class _Authenticator:
             return True
         return self._check_slow(frame, first, w)
 
-    def _check_slow(self, frame: bytes, first: int, w: int) -> bool:
+    def _check_slow(self, frame: bytes, first: int, w: int) -> bool | None:
         flags = w >> 56
         if first != len(frame) - 4 or len(frame) < OVERHEAD or flags & 0xE0:
             return False  # the peer never sends that (reserved flag bits, spec §6.2)
@@ -786,7 +798,10 @@ class _Authenticator:
         else:
             skip = ((flags & 0x0F) - self._epoch) & 0x0F
             if skip > MAX_EPOCH_SKIP:
-                return False  # no key: an older epoch, or too far ahead to derive one
+                # No key derived that far: an older epoch, or impossibly far ahead (the peer
+                # updates its key at most once a frame: a KEY_UPDATE is a frame), or, ahead
+                # of its turn, a genuine frame after more updates than we can look ahead.
+                return None if nxt + skip <= counter + 1 else False
             try:
                 plaintext = self._key(skip).decrypt(frame[:12], frame[12:], None)
             except InvalidTag:

@@ -35,10 +35,21 @@ it whether a frame is the peer's before the frame counts.
   later) only once the authenticator passed it; one that fails closes the path it came on,
   as a failed path check does, and the session goes on over the others.  Duplicates are
   dropped unchecked (they change nothing but an ACK).  The check decrypts; the channel
-  keeps the plaintext for its ``open``, so no frame is decrypted twice.
-* **At most** ``max_paths`` paths are open at once (a listener takes any connection that
-  names the session); one more is closed at once.  Closed paths are forgotten, but for the
-  last few, which :meth:`Multipath.paths` still reports with why they closed.
+  keeps the plaintext for its ``open``, so no frame is decrypted twice.  A frame ahead
+  whose key the check cannot derive yet (more key updates hide in the gap than it looks
+  ahead) is *held*: its path's bytes wait, unparsed and bounded, until its turn.
+* **Gaps** (``NEED``): the frames in flight on a path that closes here are lost, and the
+  peer resends only on a fallback of its own, which it may never see (a path closed for a
+  forgery stays open at its end).  So the first gap seen after a path closed (or a
+  non-active path is held) is asked for on the active path, and the peer resends those
+  frames from what it retains.
+* **At most** ``max_paths`` verified paths and ``max_checking`` paths being checked (a
+  listener takes any connection that names the session, and the attach id is in clear):
+  a path verified beyond the first cap is closed, and a new path beyond the second closes
+  the *oldest* being checked, so connections that never prove anything cannot hold a
+  genuine path out.  Closed paths are forgotten, but for the last few verified ones and
+  (apart) the last few that never were, which :meth:`Multipath.paths` still reports with
+  why they closed; refused and evicted paths are not kept.
 * **Closing** (``MultipathState``: OPEN --close()--> CLOSING; OPEN or CLOSING --no path
   left--> LOST): the session's CLOSE is its last frame, and it is retained like any other.
   Closing the paths while it is still in flight (a lost TCP segment being retransmitted)
@@ -99,8 +110,9 @@ _MAX_MUX = 64
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _HDR_U32_U64 = struct.Struct(">IQ")
-_ACK, _PING, _PONG = 1, 2, 3
-_MSG_SIZE = {_ACK: 8, _PING: 8, _PONG: 8}
+_U64_U64 = struct.Struct(">QQ")
+_ACK, _PING, _PONG, _NEED = 1, 2, 3, 4
+_MSG_SIZE = {_ACK: 8, _PING: 8, _PONG: 8, _NEED: 16}
 _ROLE_BYTE = {Role.INITIATOR: b"I", Role.RESPONDER: b"R"}
 
 
@@ -176,7 +188,8 @@ class MultipathConfig:
     max_retained: int = 32 << 20
     max_reorder: int = 32 << 20
     max_frame: int = (1 << 24) + OVERHEAD
-    max_paths: int = 8  # open (checking or verified) at once
+    max_paths: int = 8  # verified at once
+    max_checking: int = 8  # being checked at once (the oldest goes for a new one)
 
 
 @dataclass(slots=True)
@@ -199,6 +212,7 @@ class _Path:
     verified_at: float | None = None
     reason: str = ""
     heard: bool = True  # multipath messages may be sent (see add_path's quiet)
+    held: int = -1  # >= 0: the counter of a frame ahead not checkable yet; buf waits for it
 
 
 def peek_attach_id(data: bytes) -> bytes | None:
@@ -244,7 +258,7 @@ class Multipath:
         now: float,
         config: MultipathConfig | None = None,
         rand: Callable[[int], bytes] = os.urandom,
-        authenticate: Callable[[bytes], bool] | None = None,
+        authenticate: Callable[[bytes], bool | None] | None = None,
     ) -> None:
         if len(attach_id) != _ATTACH:
             raise LocalProtocolError("attach id must be 16 bytes")
@@ -256,7 +270,11 @@ class Multipath:
         self._now = now
         self.state = MultipathState.OPEN
         self._paths: dict[int, _Path] = {}  # open paths (CHECKING or VERIFIED)
-        self._closed: deque[_Path] = deque(maxlen=self._cfg.max_paths)  # for paths()
+        # For paths(): the last closed paths that had been verified, and apart (so that
+        # connections that never prove anything cannot push those out) the last that had
+        # not; paths refused or evicted by the caps are not kept at all.
+        self._closed: deque[_Path] = deque(maxlen=self._cfg.max_paths)
+        self._failed: deque[_Path] = deque(maxlen=self._cfg.max_checking)
         self._next_id = 0
         self.active: int = -1
         self._outbox: list[tuple[int, bytes]] = []
@@ -270,10 +288,16 @@ class Multipath:
         self._rx_next = rx_next
         self._auth = authenticate
         self._reorder: dict[int, bytes] = {}  # authentic frames ahead of _rx_next
+        # Their bytes, twice with an authenticator: it keeps each one's plaintext too.
         self._reorder_bytes = 0
+        self._weight = 1 if authenticate is None else 2
+        self._held = 0  # paths whose buffer waits (_Path.held)
         self._unacked_frames = 0
         self._unacked_bytes = 0
         self._ack_due: float | None = None
+        # A verified path closed: the frames in flight on it are lost, and the first frame
+        # that waits for a gap after that asks the peer for the gap (NEED).
+        self._gap_watch = False
         self._own = _ROLE_BYTE[role]
         self._peer = _ROLE_BYTE[Role.RESPONDER if role is Role.INITIATOR else Role.INITIATOR]
         self.upgrades = 0
@@ -297,15 +321,21 @@ class Multipath:
         self._next_id += 1
         path = _Path(pid, kind, PathState.CHECKING, dict(info), now, last_rx=now)
         path.heard = not quiet
-        if len(self._paths) >= self._cfg.max_paths:
-            # Refused like a failed check: an event, never an exception (anyone can connect).
-            self._closed.append(path)
-            self._close_path(path, f"refused: this session has {len(self._paths)} open paths")
-            return pid
         self._paths[pid] = path
         if kind is PathKind.RELAY:
             self._verified(path, now)
         else:
+            checking = [p for p in self._paths.values() if p.state is PathState.CHECKING]
+            if len(checking) > self._cfg.max_checking:
+                # Anyone who saw a HELLO (its attach id is in clear) can open connections
+                # that never prove anything: the oldest goes, so that holding connections
+                # open cannot keep a genuine check out; only opening them faster than a
+                # check takes (one round trip) could (spec §15.2).
+                self._close_path(
+                    checking[0],
+                    f"evicted: more than {self._cfg.max_checking} paths being checked",
+                    keep=False,
+                )
             path.nonce = self._rand(_NONCE)
             self._outbox.append((pid, HELLO_MAGIC + self._attach_id + self._own + path.nonce))
         return pid
@@ -322,10 +352,12 @@ class Multipath:
         self.path_lost(pid, now, reason)
 
     def paths(self) -> list[dict[str, object]]:
-        """What each path is doing (for status displays): the open ones and the last
-        ``max_paths`` closed ones, by id."""
+        """What each path is doing (for status displays): the open ones, the last
+        ``max_paths`` closed ones that had been verified and the last ``max_checking``
+        that had not (refused and evicted ones are not kept), by id."""
         out = []
-        for p in sorted([*self._paths.values(), *self._closed], key=lambda p: p.id):
+        listed = [*self._paths.values(), *self._closed, *self._failed]
+        for p in sorted(listed, key=lambda p: p.id):
             out.append(
                 {
                     "id": p.id,
@@ -406,7 +438,9 @@ class Multipath:
         and anyone on a path's route can write into it.
 
         Raises:
-            RemoteProtocolError: the peer's (authentic) frames overflow the reorder buffer.
+            RemoteProtocolError: the peer's (authentic) frames overflow the reorder buffer,
+                or it needs a frame again that was dropped from the retained ones.
+            LocalProtocolError: the authenticator failed a frame it had passed (a bug).
         """
         path = self._paths.get(pid)
         if path is None:
@@ -426,11 +460,14 @@ class Multipath:
                         return []
                     self._rx_next += 1
                     self._count_delivery(n)
-                    if self._reorder:
-                        return self._drain_reorder([data])
+                    if self._reorder or self._held:
+                        return self._resume(self._drain_reorder([data]))
                     return [data]
         path.buf += data
         out: list[bytes] = []
+        if path.held >= 0:
+            self._check_held(path)
+            return out
         try:
             if path.state is PathState.CHECKING and not self._check(path):
                 return out
@@ -438,6 +475,8 @@ class Multipath:
         except FrameError as exc:
             # (Frames in ``out`` counted already: they are delivered all the same.)
             self._close_path(path, exc.message)
+        if self._held:
+            self._resume(out)
         return out
 
     def _split(self, path: _Path, out: list[bytes]) -> None:
@@ -461,12 +500,16 @@ class Multipath:
             if end - pos < 4 + length:
                 break
             frame = bytes(buf[pos : pos + 4 + length])
-            pos += 4 + length
             (w,) = _U64.unpack_from(frame, 4)
-            self._accept_frame(w & COUNTER_MASK, frame, out)
+            if not self._accept_frame(w & COUNTER_MASK, frame, out):
+                del buf[:pos]
+                self._hold(path, w & COUNTER_MASK)
+                return
+            pos += 4 + length
         del buf[:pos]
 
-    def _accept_frame(self, counter: int, frame: bytes, out: list[bytes]) -> None:
+    def _accept_frame(self, counter: int, frame: bytes, out: list[bytes]) -> bool:
+        """Count one frame; False: it is ahead and cannot be checked yet (see _hold)."""
         nxt = self._rx_next
         auth = self._auth
         if counter == nxt:
@@ -481,10 +524,16 @@ class Multipath:
             # A copy of a frame that waits already is a duplicate or a forgery: the one
             # that waits is authentic, so this one is dropped either way.
             if counter not in self._reorder:
-                if auth is not None and not auth(frame):
-                    raise FrameError(_forged(counter))
+                if auth is not None:
+                    ok = auth(frame)
+                    if ok is None:
+                        return False
+                    if not ok:
+                        raise FrameError(_forged(counter))
                 self._reorder[counter] = frame
-                self._reorder_bytes += len(frame)
+                self._reorder_bytes += len(frame) * self._weight
+                if self._gap_watch:
+                    self._need(counter)
                 if self._reorder_bytes > self._cfg.max_reorder:
                     raise RemoteProtocolError(
                         f"frame {nxt} missing while {len(self._reorder)} later frames wait "
@@ -498,22 +547,68 @@ class Multipath:
                 self._send_ack()
             elif self._ack_due is None:
                 self._ack_due = self._now + self._cfg.ack_delay
+        return True
 
     def _drain_reorder(self, out: list[bytes]) -> list[bytes]:
         reorder = self._reorder
         auth = self._auth
+        weight = self._weight
         while (frame := reorder.pop(self._rx_next, None)) is not None:
-            if auth is not None:
-                # Passed when it arrived; passed again in its turn (no second decryption)
-                # so that the check moves past it and follows the peer's key updates.
-                auth(frame)
-            self._reorder_bytes -= len(frame)
+            # Passed when it arrived; passed again in its turn (no second decryption) so
+            # that the check moves past it and follows the peer's key updates.
+            if auth is not None and not auth(frame):
+                raise LocalProtocolError(f"frame {self._rx_next} passed its check, then failed it")
+            self._reorder_bytes -= len(frame) * weight
             self._rx_next += 1
             self._count_delivery(len(frame))
             out.append(frame)
         # Duplicates of delivered frames may still wait there: drop them.
         for c in [c for c in reorder if c < self._rx_next]:
-            self._reorder_bytes -= len(reorder.pop(c))
+            self._reorder_bytes -= len(reorder.pop(c)) * weight
+        return out
+
+    # -- frames ahead that cannot be checked yet (spec §15.5) -----------------------------------
+
+    def _hold(self, path: _Path, counter: int) -> None:
+        """A frame ahead of its turn whose key the check cannot tell yet (the peer updated
+        its key more often than the check can look ahead, and a gap hides the updates):
+        neither counted nor refused.  The path's bytes wait, unparsed, from that frame on,
+        until the gap before it is filled; then it is checked in its turn.  TCP's flow
+        control slows the sender meanwhile; what waits counts toward ``max_reorder``."""
+        path.held = counter
+        self._held += 1
+        self._check_held(path)
+        if path.state is PathState.VERIFIED and path.id != self.active:
+            # The frames behind it on this path are out of reach for now: if they are the
+            # gap, nobody else would send them (as for a closed path).
+            self._gap_watch = True
+            if self._reorder:
+                self._need(min(self._reorder))
+
+    def _check_held(self, path: _Path) -> None:
+        if len(path.buf) + self._reorder_bytes > self._cfg.max_reorder:
+            # Too much waiting for a gap: a resource limit, not a forgery (this frame may
+            # be genuine); the peer's frames go on over the other paths.
+            self._close_path(
+                path,
+                f"{len(path.buf)} bytes wait for frame {self._rx_next} "
+                f"(frame {path.held} cannot be checked before it)",
+            )
+
+    def _resume(self, out: list[bytes]) -> list[bytes]:
+        """Parse the paths whose held frame's turn has come (each only moves forward)."""
+        progress = True
+        while progress and self._held:
+            progress = False
+            for path in list(self._paths.values()):
+                if 0 <= path.held <= self._rx_next:
+                    path.held = -1
+                    self._held -= 1
+                    progress = True
+                    try:
+                        self._split(path, out)
+                    except FrameError as exc:
+                        self._close_path(path, exc.message)
         return out
 
     def _count_delivery(self, n: int) -> None:
@@ -527,6 +622,13 @@ class Multipath:
             self._send_ack()
         elif self._ack_due is None:
             self._ack_due = self._now + self._cfg.ack_delay
+
+    def _need(self, end: int) -> None:
+        """Ask the peer to send the frames from the next expected one to ``end`` (excluded)
+        again, on the active path: a closed path may have taken them (spec §15.5)."""
+        self._gap_watch = False
+        if self.active >= 0:
+            self._queue_mux(self.active, _NEED, _U64_U64.pack(self._rx_next, end))
 
     def _send_ack(self) -> None:
         self._unacked_frames = 0
@@ -573,6 +675,14 @@ class Multipath:
         return hmac.digest(self._key, msg, "sha256")[:_MAC]
 
     def _verified(self, path: _Path, now: float) -> None:
+        verified = sum(p.state is PathState.VERIFIED for p in self._paths.values())
+        if verified >= self._cfg.max_paths:
+            # Only the peer can prove a path, and it needs only a few: a resource limit,
+            # refused like a failed check (an event, never an exception).
+            self._close_path(
+                path, f"refused: this session has {verified} verified paths", keep=False
+            )
+            return
         path.state = PathState.VERIFIED
         path.verified_at = now
         path.last_rx = now
@@ -613,27 +723,37 @@ class Multipath:
             PathActivated(path.id, path.kind, reason, previous if previous >= 0 else None)
         )
 
-    def _close_path(self, path: _Path, reason: str) -> None:
+    def _close_path(self, path: _Path, reason: str, *, keep: bool = True) -> None:
         was_verified = path.state is PathState.VERIFIED
         path.state = PathState.CLOSED
         path.reason = reason
         path.buf.clear()
-        if self._paths.pop(path.id, None) is not None:
-            self._closed.append(path)
+        if path.held >= 0:
+            path.held = -1
+            self._held -= 1
+        if self._paths.pop(path.id, None) is not None and keep:
+            (self._closed if was_verified else self._failed).append(path)
         self._events.append(PathClosed(path.id, path.kind, reason))
-        if path.id != self.active:
-            return
-        best = self._best()
-        if best is None:
-            self.active = -1
-            if was_verified:
-                self._lose(f"every path is gone (last: {path.kind.value}, {reason})")
-            return
-        self.fallbacks += 1
-        try:
-            self._activate(best, "fallback", path.id)
-        except RemoteProtocolError:
-            pass  # _lose recorded it
+        if path.id == self.active:
+            best = self._best()
+            if best is None:
+                self.active = -1
+                if was_verified:
+                    self._lose(f"every path is gone (last: {path.kind.value}, {reason})")
+                return
+            self.fallbacks += 1
+            try:
+                self._activate(best, "fallback", path.id)
+            except RemoteProtocolError:
+                pass  # _lose recorded it
+        if was_verified and self.state is not MultipathState.LOST:
+            # Frames the peer sent on this path and we did not count are lost with it (the
+            # peer resends only on a fallback of its own, which it may never see: a path
+            # closed for a forged frame stays open at its end).  A gap we see now, or the
+            # first one we see later, is asked for again (spec §15.5).
+            self._gap_watch = True
+            if self._reorder:
+                self._need(min(self._reorder))
 
     def _lose(self, reason: str) -> RemoteProtocolError:
         if self.state is not MultipathState.LOST:
@@ -662,7 +782,9 @@ class Multipath:
         if _MSG_SIZE.get(kind) != len(body) - 1:
             return  # unknown (a later version's) message: ignore, it is authentic
         (value,) = _U64.unpack_from(body, 1)
-        if kind == _ACK:
+        if kind == _NEED:
+            self._on_need(value, _U64.unpack_from(body, 9)[0])
+        elif kind == _ACK:
             self._on_ack(value)
         elif kind == _PING:
             self._queue_mux(path.id, _PONG, body[1:])
@@ -678,6 +800,29 @@ class Multipath:
         while retained and retained[0][0] < nxt:
             _, data = retained.popleft()
             self._retained_bytes -= len(data)
+
+    def _on_need(self, start: int, end: int) -> None:
+        # Every frame below ``start`` arrived; ``start`` up to ``end`` were lost with a path
+        # the peer closed: resend them on the active path (the peer drops what it has).
+        self._on_ack(start)
+        if self.active < 0 or end <= start or not self._retained:
+            return  # (with no path, the fallback to the next one resends everything)
+        if self._dropped_to > start:
+            raise self._lose(
+                f"the peer needs frame {start}, which was neither acknowledged nor kept for "
+                "retransmission"
+            )
+        data = []
+        first = self._acked
+        for last, frames in self._retained:
+            if first >= end:
+                break
+            data.append(frames)
+            first = last + 1
+        joined = b"".join(data)
+        self.retransmitted += len(data)
+        self._outbox.append((self.active, joined))
+        self._paths[self.active].bytes_out += len(joined)
 
     # -- time ---------------------------------------------------------------------------------
 

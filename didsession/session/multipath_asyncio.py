@@ -29,7 +29,7 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from didsession.errors import FrameError, RemoteProtocolError
+from didsession.errors import FrameError, ProtocolError, RemoteProtocolError
 from didsession.relay_transport import can_write_eof
 from didsession.session.channel import Channel
 from didsession.session.events import Event
@@ -202,7 +202,7 @@ class MultipathTransport(asyncio.Transport):
             return  # read and dropped: a closed socket with unread data would send a RST
         try:
             frames = self.mp.receive(pid, data, self._loop.time())
-        except RemoteProtocolError as exc:
+        except ProtocolError as exc:  # (a LocalProtocolError: our bug, fatal all the same)
             self._pump()
             self._fail(exc)
             return
@@ -364,7 +364,7 @@ class MultipathTransport(asyncio.Transport):
     def is_closing(self) -> bool:
         return self._closing
 
-    def _fail(self, exc: RemoteProtocolError) -> None:
+    def _fail(self, exc: ProtocolError) -> None:
         self._connection_lost(exc)
         self.close()
 
